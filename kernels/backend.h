@@ -1,0 +1,162 @@
+/* The backend interface: one table of function pointers per device.
+ *
+ * The forward pass (model/forward.c) is written once against the bk_*
+ * wrappers below; kernels/cpu and kernels/cuda fill the table. All pointers
+ * passed to ops are device pointers obtained from be->alloc (on the CPU
+ * backend these are host pointers). Activations are float32, row-major,
+ * one row per token. Weights are described by bk_weight in one canonical
+ * host layout (below); a backend may repack them once in weight_prepare.
+ *
+ * Ops are asynchronous on devices that queue work; be->sync waits. Every op
+ * returns BL_OK or BL_EDEVICE (a failed device call; the caller marks the
+ * replica unhealthy). Shapes are validated by the wrappers, not the slots. */
+#ifndef BK_BACKEND_H
+#define BK_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bl_status.h"
+
+/* ---- weights ---------------------------------------------------------- */
+
+typedef enum bk_wfmt {
+  BK_WF_F16 = 0, /* fp16 [rows][cols] */
+  BK_WF_W4 = 1,  /* 4-bit groups, w = scale*q + min, q in 0..15 */
+  BK_WF_W2 = 2,  /* 2-bit groups, w = scale*q + min, q in 0..3 */
+} bk_wfmt;
+
+/* Quantized rows are split into blocks of BK_QBLOCK consecutive (packed-order)
+ * columns. Within a block:
+ *  W4: 16 bytes; byte j holds element j in bits 0-3 and element j+16 in 4-7.
+ *  W2: 8 bytes; byte j holds elements j, j+8, j+16, j+24 in bits 0-1, 2-3,
+ *      4-5, 6-7.
+ * so a SIMD lane unpacks contiguous runs with one shift and mask. Groups are
+ * whole blocks: group_size is a multiple of BK_QBLOCK, cols of group_size. */
+#define BK_QBLOCK 32
+
+typedef struct bk_weight {
+  bk_wfmt fmt;
+  int32_t rows;       /* output features */
+  int32_t cols;       /* input features */
+  int32_t group_size; /* quantized: columns per (scale, min) pair; == cols for one group */
+  const void *q;      /* F16: uint16 [rows][cols]; W4/W2: uint8 [rows][cols*bits/8] */
+  const uint16_t *scales; /* fp16 [rows][cols/group_size] (quantized only) */
+  const uint16_t *mins;   /* fp16 [rows][cols/group_size] (quantized only) */
+  const int32_t *perm;    /* NULL, or [cols]: packed column k multiplies x[perm[k]]
+                             (GPTQ act-order, rows sorted so groups are contiguous) */
+  void *dev;              /* the backend's prepared copy; NULL where it reads the host arrays */
+} bk_weight;
+
+static inline int bk_wfmt_bits(bk_wfmt f) { return f == BK_WF_W4 ? 4 : f == BK_WF_W2 ? 2 : 16; }
+const char *bk_wfmt_name(bk_wfmt f);
+/* Bytes of one packed row (q only). */
+size_t bk_weight_row_bytes(bk_wfmt f, int32_t cols);
+/* Pack cols quantized values (0..2^bits-1, one per byte) into the block layout. */
+void bk_pack_row(bk_wfmt f, const uint8_t *vals, int32_t cols, uint8_t *out);
+/* Inverse of bk_pack_row. */
+void bk_unpack_row(bk_wfmt f, const uint8_t *packed, int32_t cols, uint8_t *vals);
+/* Dequantize row r of w into out[cols] in packed column order (the CPU
+ * reference every kernel is checked against). */
+void bk_weight_row_f32(const bk_weight *w, int32_t r, float *out);
+
+/* ---- KV cache --------------------------------------------------------- */
+
+typedef enum bk_kvfmt { BK_KV_F16 = 0 } bk_kvfmt;
+
+/* Paged KV storage for all layers of one model on one device. Per layer,
+ * k[l] and v[l] are [n_blocks][n_kv_heads][block_size][head_dim] elements of
+ * fmt. A cache slot is block * block_size + offset. kvcache/ owns the block
+ * bookkeeping; the backend only reads and writes slots. */
+typedef struct bk_kv_cache {
+  bk_kvfmt fmt;
+  int32_t n_layers, n_blocks, block_size, n_kv_heads, head_dim;
+  void **k, **v; /* host arrays [n_layers] of device pointers */
+} bk_kv_cache;
+
+/* Which cache positions each token of a step attends to. Token t belongs to
+ * sequence tok_seq[t] at position tok_pos[t] and attends to positions
+ * 0..tok_pos[t] of that sequence, found through its row of block_tables.
+ * K/V of every token of the step are written (kv_write) before attention,
+ * so chunked prefill and decode are one code path. All arrays are device
+ * pointers. */
+typedef struct bk_attn_batch {
+  int32_t n_tok;
+  const int32_t *tok_seq;      /* [n_tok] */
+  const int32_t *tok_pos;      /* [n_tok] */
+  const int32_t *block_tables; /* [n_seq][max_blocks] block ids */
+  int32_t n_seq, max_blocks;
+} bk_attn_batch;
+
+/* ---- per-op parameters ------------------------------------------------ */
+
+typedef enum bk_rope_style {
+  BK_ROPE_NEOX = 0, /* rotate_half: pairs (j, j + d/2), HF Llama/Qwen3 */
+  BK_ROPE_NORM = 1, /* interleaved pairs (2j, 2j+1), GGUF llama layout */
+} bk_rope_style;
+
+typedef struct bk_heads {
+  int32_t n_heads, n_kv_heads, head_dim;
+  float rope_theta;
+  bk_rope_style rope_style;
+  float norm_eps; /* for the per-head q/k RMSNorm (Qwen3) */
+} bk_heads;
+
+/* ---- the table -------------------------------------------------------- */
+
+typedef struct bk_backend bk_backend;
+
+struct bk_backend {
+  const char *name; /* "cpu", "cuda:0" */
+  void *ctx;
+
+  void (*destroy)(bk_backend *be);
+  void *(*alloc)(bk_backend *be, size_t bytes); /* NULL on failure */
+  void (*free)(bk_backend *be, void *p);
+  bl_status (*upload)(bk_backend *be, void *dst, const void *host_src, size_t bytes);
+  bl_status (*download)(bk_backend *be, void *host_dst, const void *src, size_t bytes);
+  bl_status (*copy)(bk_backend *be, void *dst, const void *src, size_t bytes);
+  bl_status (*memset0)(bk_backend *be, void *dst, size_t bytes);
+  bl_status (*sync)(bk_backend *be);
+
+  /* Optional (NULL: the op reads the host arrays in place). */
+  bl_status (*weight_prepare)(bk_backend *be, bk_weight *w);
+  void (*weight_release)(bk_backend *be, bk_weight *w);
+
+  /* out[n][cols] = row ids[i] of table, dequantized. */
+  bl_status (*embed)(bk_backend *be, float *out, const bk_weight *table, const int32_t *ids, int32_t n);
+  /* out[n][dim] = x * rsqrt(mean(x^2) + eps) * w, in float32. out may be x. */
+  bl_status (*rmsnorm)(bk_backend *be, float *out, const float *x, const float *w, int32_t n,
+                       int32_t dim, float eps);
+  /* In place on q[n][n_heads*head_dim] and k[n][n_kv_heads*head_dim]: optional
+   * per-head RMSNorm with q_norm/k_norm [head_dim] (NULL: none), then RoPE at
+   * positions pos[n]. */
+  bl_status (*qk_norm_rope)(bk_backend *be, float *q, float *k, const float *q_norm,
+                            const float *k_norm, const int32_t *pos, int32_t n, const bk_heads *h);
+  /* y[n][rows] = x[n][cols] . W^T for any bk_wfmt. y never aliases x. */
+  bl_status (*matmul)(bk_backend *be, float *y, const float *x, const bk_weight *w, int32_t n);
+  /* out[i] = silu(gate[i]) * up[i]; out may alias gate. */
+  bl_status (*silu_mul)(bk_backend *be, float *out, const float *gate, const float *up, size_t n);
+  /* x[i] += y[i]. */
+  bl_status (*add)(bk_backend *be, float *x, const float *y, size_t n);
+  /* Store k[n][n_kv_heads*head_dim], v[n][...] of layer at cache slots[n]. */
+  bl_status (*kv_write)(bk_backend *be, const bk_kv_cache *kv, int32_t layer, const float *k,
+                        const float *v, const int32_t *slots, int32_t n);
+  /* out[n][n_heads*head_dim] = softmax(q k^T / sqrt(head_dim)) v over the
+   * positions bk_attn_batch names, GQA by head index / (n_heads/n_kv_heads). */
+  bl_status (*attention)(bk_backend *be, float *out, const float *q, const bk_kv_cache *kv,
+                         int32_t layer, const bk_attn_batch *b, const bk_heads *h);
+};
+
+/* Create the CPU backend with n_threads workers (0: all online cores). */
+bl_status bk_cpu_create(int n_threads, bk_backend **out, bl_err *err);
+/* Create the CUDA backend on device ordinal dev; BL_EUNSUPPORTED where the
+ * build has no CUDA or no device is present. */
+bl_status bk_cuda_create(int dev, bk_backend **out, bl_err *err);
+
+static inline void bk_destroy(bk_backend *be) {
+  if (be) be->destroy(be);
+}
+
+#endif

@@ -1,0 +1,149 @@
+/* The forward pass, written once against the backend wrappers.
+ *
+ * Per layer (pre-norm decoder):
+ *   h = rmsnorm(x);  q,k,v = h Wq, h Wk, h Wv;  q,k = rope(qk_norm(q,k))
+ *   write k,v to the paged cache;  x += attention(q, cache) Wo
+ *   h = rmsnorm(x);  x += (silu(h Wgate) * h Wup) Wdown
+ * then logits = rmsnorm(x) lm_head for the requested tokens only.
+ * Activations are f32 device buffers [tokens][width], grown on demand. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_internal.h"
+
+struct model_scratch {
+  int32_t cap_tok, cap_out, cap_bt;
+  float *x, *h, *att;      /* [cap_tok][hidden], [cap_tok][hidden], [cap_tok][q_dim] */
+  float *q, *k, *v;        /* [cap_tok][q_dim], [cap_tok][kv_dim] x2 */
+  float *gate, *up;        /* [cap_tok][intermediate] */
+  float *xo, *logits;      /* [cap_out][hidden], [cap_out][vocab] */
+  int32_t *meta;           /* [4][cap_tok]: ids, pos, seq, slots */
+  int32_t *bt;             /* [cap_bt] block tables */
+};
+
+static void scratch_release(bk_backend *be, model_scratch *s) {
+  void *bufs[] = {s->x, s->h, s->att, s->q, s->k, s->v, s->gate, s->up, s->xo, s->logits, s->meta, s->bt};
+  for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+    if (bufs[i]) be->free(be, bufs[i]);
+  memset(s, 0, sizeof *s);
+}
+
+void model_scratch_free(model *m) {
+  if (!m->scratch) return;
+  scratch_release(m->be, m->scratch);
+  free(m->scratch);
+  m->scratch = NULL;
+}
+
+static bl_status scratch_ensure(model *m, int32_t n_tok, int32_t n_out, int32_t n_bt, bl_err *err) {
+  if (!m->scratch && !(m->scratch = calloc(1, sizeof *m->scratch)))
+    return bl_fail(err, BL_ENOMEM, "forward: out of memory");
+  model_scratch *s = m->scratch;
+  if (n_tok <= s->cap_tok && n_out <= s->cap_out && n_bt <= s->cap_bt) return BL_OK;
+  const model_config *c = &m->cfg;
+  int32_t nt = n_tok > s->cap_tok ? n_tok : s->cap_tok;
+  int32_t no = n_out > s->cap_out ? n_out : s->cap_out;
+  int32_t nb = n_bt > s->cap_bt ? n_bt : s->cap_bt;
+  scratch_release(m->be, s);
+  size_t t = (size_t)nt, qd = (size_t)(c->n_heads * c->head_dim), kvd = (size_t)(c->n_kv_heads * c->head_dim);
+  bk_backend *be = m->be;
+  s->x = be->alloc(be, t * (size_t)c->hidden * 4);
+  s->h = be->alloc(be, t * (size_t)c->hidden * 4);
+  s->att = be->alloc(be, t * qd * 4);
+  s->q = be->alloc(be, t * qd * 4);
+  s->k = be->alloc(be, t * kvd * 4);
+  s->v = be->alloc(be, t * kvd * 4);
+  s->gate = be->alloc(be, t * (size_t)c->intermediate * 4);
+  s->up = be->alloc(be, t * (size_t)c->intermediate * 4);
+  s->xo = be->alloc(be, (size_t)no * (size_t)c->hidden * 4);
+  s->logits = be->alloc(be, (size_t)no * (size_t)c->vocab * 4);
+  s->meta = be->alloc(be, 4 * t * 4);
+  s->bt = be->alloc(be, (size_t)nb * 4);
+  if (!s->x || !s->h || !s->att || !s->q || !s->k || !s->v || !s->gate || !s->up || !s->xo ||
+      !s->logits || !s->meta || !s->bt) {
+    scratch_release(be, s);
+    return bl_fail(err, BL_ENOMEM, "forward: cannot allocate activations for %d tokens on %s", nt,
+                   be->name);
+  }
+  s->cap_tok = nt;
+  s->cap_out = no;
+  s->cap_bt = nb;
+  return BL_OK;
+}
+
+#define OP(call)                                                                                   \
+  do {                                                                                             \
+    if ((st = (call)) != BL_OK) {                                                                  \
+      bl_fail(err, st, "%s: %s failed on %s", m->path, #call, be->name);                           \
+      return st;                                                                                   \
+    }                                                                                              \
+  } while (0)
+
+static bl_status layer_forward(model *m, const model_layer *ly, int32_t l, const bk_kv_cache *kv,
+                               const bk_attn_batch *ab, const int32_t *pos, const int32_t *slots,
+                               int32_t n, bl_err *err) {
+  bk_backend *be = m->be;
+  model_scratch *s = m->scratch;
+  const model_config *c = &m->cfg;
+  bk_heads heads = {.n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim,
+                    .rope_theta = c->rope_theta, .rope_style = BK_ROPE_NEOX, .norm_eps = c->norm_eps};
+  size_t hid = (size_t)n * (size_t)c->hidden;
+  bl_status st;
+  OP(be->rmsnorm(be, s->h, s->x, ly->attn_norm, n, c->hidden, c->norm_eps));
+  OP(be->matmul(be, s->q, s->h, &ly->wq, n));
+  OP(be->matmul(be, s->k, s->h, &ly->wk, n));
+  OP(be->matmul(be, s->v, s->h, &ly->wv, n));
+  OP(be->qk_norm_rope(be, s->q, s->k, ly->q_norm, ly->k_norm, pos, n, &heads));
+  OP(be->kv_write(be, kv, l, s->k, s->v, slots, n));
+  OP(be->attention(be, s->att, s->q, kv, l, ab, &heads));
+  OP(be->matmul(be, s->h, s->att, &ly->wo, n));
+  OP(be->add(be, s->x, s->h, hid));
+  OP(be->rmsnorm(be, s->h, s->x, ly->ffn_norm, n, c->hidden, c->norm_eps));
+  OP(be->matmul(be, s->gate, s->h, &ly->gate, n));
+  OP(be->matmul(be, s->up, s->h, &ly->up, n));
+  OP(be->silu_mul(be, s->gate, s->gate, s->up, (size_t)n * (size_t)c->intermediate));
+  OP(be->matmul(be, s->h, s->gate, &ly->down, n));
+  OP(be->add(be, s->x, s->h, hid));
+  return BL_OK;
+}
+
+bl_status model_forward(model *m, const bk_kv_cache *kv, const model_batch *b, float *logits,
+                        bl_err *err) {
+  const model_config *c = &m->cfg;
+  bk_backend *be = m->be;
+  int32_t n = b->n_tok;
+  if (n <= 0 || b->n_out < 0 || b->n_out > n || b->n_seq <= 0 || b->max_blocks <= 0)
+    return bl_fail(err, BL_EINVAL, "forward: empty or inconsistent batch (%d tokens, %d outputs)",
+                   n, b->n_out);
+  for (int32_t t = 0; t < n; t++)
+    if (b->ids[t] < 0 || b->ids[t] >= c->vocab || b->seq[t] < 0 || b->seq[t] >= b->n_seq ||
+        b->pos[t] < 0 || b->pos[t] / kv->block_size >= b->max_blocks)
+      return bl_fail(err, BL_EINVAL, "forward: token %d (id %d, seq %d, pos %d) out of range", t,
+                     b->ids[t], b->seq[t], b->pos[t]);
+  int32_t n_bt = b->n_seq * b->max_blocks;
+  bl_status st = scratch_ensure(m, n, b->n_out > 0 ? b->n_out : 1, n_bt, err);
+  if (st) return st;
+  model_scratch *s = m->scratch;
+  int32_t *ids = s->meta, *pos = s->meta + n, *seq = s->meta + 2 * n, *slots = s->meta + 3 * n;
+  OP(be->upload(be, ids, b->ids, (size_t)n * 4));
+  OP(be->upload(be, pos, b->pos, (size_t)n * 4));
+  OP(be->upload(be, seq, b->seq, (size_t)n * 4));
+  OP(be->upload(be, slots, b->slots, (size_t)n * 4));
+  OP(be->upload(be, s->bt, b->block_tables, (size_t)n_bt * 4));
+  bk_attn_batch ab = {.n_tok = n, .tok_seq = seq, .tok_pos = pos, .block_tables = s->bt,
+                      .n_seq = b->n_seq, .max_blocks = b->max_blocks};
+  OP(be->embed(be, s->x, &m->embed, ids, n));
+  for (int32_t l = 0; l < c->n_layers; l++)
+    if ((st = layer_forward(m, &m->layers[l], l, kv, &ab, pos, slots, n, err))) return st;
+  if (b->n_out == 0) return be->sync(be);
+  size_t row = (size_t)c->hidden * 4;
+  for (int32_t i = 0; i < b->n_out; i++) {
+    if (b->out_tok[i] < 0 || b->out_tok[i] >= n)
+      return bl_fail(err, BL_EINVAL, "forward: output token %d out of range", b->out_tok[i]);
+    OP(be->copy(be, (char *)s->xo + (size_t)i * row, (char *)s->x + (size_t)b->out_tok[i] * row, row));
+  }
+  OP(be->rmsnorm(be, s->xo, s->xo, m->final_norm, b->n_out, c->hidden, c->norm_eps));
+  OP(be->matmul(be, s->logits, s->xo, &m->lm_head, b->n_out));
+  OP(be->download(be, logits, s->logits, (size_t)b->n_out * (size_t)c->vocab * 4));
+  return BL_OK;
+}

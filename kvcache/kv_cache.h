@@ -1,0 +1,50 @@
+/* Paged KV cache: the device storage (bk_kv_cache) plus block bookkeeping.
+ *
+ * Blocks hold block_size tokens of K and V for every layer. A sequence owns a
+ * block table (kv_seq) that grows as it does; slot(pos) = table[pos / bs] *
+ * bs + pos % bs. Blocks are reference counted so later prefix sharing can
+ * hand one block to several sequences. Not thread-safe: a pool is owned by
+ * one scheduler thread. */
+#ifndef KV_CACHE_H
+#define KV_CACHE_H
+
+#include <stdint.h>
+
+#include "backend.h"
+#include "bl_status.h"
+
+typedef struct kv_pool {
+  bk_backend *be;   /* not owned */
+  bk_kv_cache dev;  /* device storage */
+  int32_t *free_ids; /* stack of free block ids [n_blocks] */
+  int32_t n_free;
+  int32_t *refs;     /* [n_blocks] */
+} kv_pool;
+
+typedef struct kv_seq {
+  int32_t *blocks; /* block table */
+  int32_t n_blocks, cap;
+} kv_seq;
+
+/* Bytes of device memory one block takes over all layers (K and V). */
+uint64_t kv_block_bytes(bk_kvfmt fmt, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
+                        int32_t block_size);
+
+bl_status kv_pool_init(kv_pool *p, bk_backend *be, bk_kvfmt fmt, int32_t n_layers,
+                       int32_t n_kv_heads, int32_t head_dim, int32_t block_size, int32_t n_blocks,
+                       bl_err *err);
+void kv_pool_destroy(kv_pool *p);
+
+/* Make room for positions [0, n_tokens) of s: BL_AGAIN (and no change) when
+ * the free blocks do not suffice. */
+bl_status kv_seq_reserve(kv_pool *p, kv_seq *s, int32_t n_tokens);
+/* Drop every block of s (decrementing refs) and empty its table. */
+void kv_seq_release(kv_pool *p, kv_seq *s);
+void kv_seq_free(kv_pool *p, kv_seq *s);
+
+static inline int32_t kv_seq_slot(const kv_pool *p, const kv_seq *s, int32_t pos) {
+  int32_t bs = p->dev.block_size;
+  return s->blocks[pos / bs] * bs + pos % bs;
+}
+
+#endif

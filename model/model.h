@@ -1,0 +1,114 @@
+/* A loaded model: configuration, weights on one backend, tokenizer, and the
+ * forward pass written once against kernels/backend.h.
+ *
+ * Weights live in the canonical bk_weight layout (host arrays that the CPU
+ * backend reads in place; other backends prepare device copies). Linear
+ * layers are at the model's precision (fp16, w4 or w2); embeddings, norms
+ * and lm_head stay as stored (held as fp16 / f32). */
+#ifndef MODEL_H
+#define MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "bl_status.h"
+#include "tokenizer.h"
+
+typedef enum model_arch { MODEL_ARCH_LLAMA, MODEL_ARCH_QWEN3 } model_arch;
+
+typedef enum model_prec {
+  MODEL_PREC_AUTO = 0, /* as stored: GPTQ bits, GGUF Q4 as w4, floats as fp16 */
+  MODEL_PREC_FP16,
+  MODEL_PREC_W4,
+  MODEL_PREC_W2,
+} model_prec;
+
+const char *model_prec_name(model_prec p);
+/* "fp16" | "w4" | "w2" | "auto" -> BL_OK, else BL_EINVAL. */
+bl_status model_prec_parse(const char *s, model_prec *out);
+
+#define MODEL_MAX_EOS 4
+
+typedef struct model_config {
+  model_arch arch;
+  int32_t n_layers, hidden, intermediate;
+  int32_t n_heads, n_kv_heads, head_dim;
+  int32_t vocab;   /* rows of embed/lm_head */
+  int32_t max_ctx; /* max_position_embeddings / context_length */
+  float rope_theta, norm_eps;
+  bool tied;    /* lm_head shares embed_tokens */
+  bool qk_norm; /* per-head q/k RMSNorm (qwen3) */
+  int32_t bos_id; /* -1: none */
+  int32_t eos_ids[MODEL_MAX_EOS];
+  int32_t n_eos;
+} model_config;
+
+typedef struct model_layer {
+  float *attn_norm, *ffn_norm; /* device f32 [hidden] */
+  float *q_norm, *k_norm;      /* device f32 [head_dim], NULL without qk_norm */
+  bk_weight wq, wk, wv, wo;    /* [heads*hd, hidden], [kv*hd, hidden] x2, [hidden, heads*hd] */
+  bk_weight gate, up, down;    /* [inter, hidden] x2, [hidden, inter] */
+} model_layer;
+
+typedef struct model_load_opts {
+  model_prec precision; /* target precision of the linear layers */
+  int32_t group_size;   /* when quantizing at load: 0 = largest of 128/64/32 dividing every width */
+  bool sym;             /* when quantizing at load: symmetric groups */
+  const char *tokenizer_path; /* override: a tokenizer.json; NULL = from the model */
+} model_load_opts;
+
+typedef struct model_store model_store; /* host memory and mappings behind the weights */
+typedef struct model_scratch model_scratch;
+
+typedef struct model {
+  model_config cfg;
+  model_prec prec;         /* precision of the linear layers as loaded */
+  int32_t group_size;      /* of quantized linears (0 for fp16) */
+  char *path;
+  bk_backend *be;          /* not owned */
+  bk_weight embed;         /* fp16 [vocab, hidden] */
+  bk_weight lm_head;       /* fp16 [vocab, hidden]; shares embed's data when tied */
+  float *final_norm;       /* device f32 [hidden] */
+  model_layer *layers;     /* [n_layers] */
+  tok_tokenizer *tok;      /* NULL when the model carries none */
+  model_store *store;
+  model_scratch *scratch;
+} model;
+
+/* Load a Hugging Face folder (config.json + safetensors, plain or GPTQ) or a
+ * .gguf file onto be. Errors name the file and tensor at fault. */
+bl_status model_load(const char *path, const model_load_opts *opts, bk_backend *be, model **out,
+                     bl_err *err);
+
+/* Random weights with the shapes of a known config (for benchmarks):
+ * "qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3-14b",
+ * "qwen3-32b", "smollm2-135m". */
+bl_status model_synthetic(const char *name, model_prec prec, int32_t group_size, bk_backend *be,
+                          model **out, bl_err *err);
+
+void model_free(model *m);
+
+/* Bytes of weights one decode step reads (all linears + lm_head). */
+uint64_t model_weight_bytes(const model *m);
+
+/* One step. Token t of the step has id ids[t], position pos[t], sequence
+ * seq[t] (a row of block_tables) and writes its K/V at cache slot slots[t].
+ * Logits of the tokens listed in out_tok are written to logits
+ * (host float32 [n_out][vocab]). All arrays are host memory. */
+typedef struct model_batch {
+  int32_t n_tok;
+  const int32_t *ids, *pos, *seq, *slots; /* [n_tok] */
+  int32_t n_seq, max_blocks;
+  const int32_t *block_tables;            /* [n_seq][max_blocks] */
+  int32_t n_out;
+  const int32_t *out_tok;                 /* [n_out] token indices into this step */
+} model_batch;
+
+bl_status model_forward(model *m, const bk_kv_cache *kv, const model_batch *b, float *logits,
+                        bl_err *err);
+
+/* Is id an end-of-sequence token of this model? */
+bool model_is_eos(const model *m, int32_t id);
+
+#endif

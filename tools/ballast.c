@@ -1,0 +1,29 @@
+/* `ballast`: one command, many subcommands. main only dispatches. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cmds.h"
+
+typedef struct subcmd {
+  const char *name;
+  int (*run)(int argc, char **argv);
+  const char *help;
+} subcmd;
+
+static const subcmd k_cmds[] = {
+    {"generate", cmd_generate, "generate text offline from a model"},
+    {"bench", cmd_bench, "decode tokens/s per precision and batch size"},
+    {"quantize", cmd_quantize, "write a GPTQ-format 2/4-bit copy of a model"},
+};
+
+int main(int argc, char **argv) {
+  size_t n = sizeof k_cmds / sizeof *k_cmds;
+  if (argc >= 2)
+    for (size_t i = 0; i < n; i++)
+      if (strcmp(argv[1], k_cmds[i].name) == 0) return k_cmds[i].run(argc - 2, argv + 2);
+  FILE *out = argc >= 2 && strcmp(argv[1], "--help") != 0 ? stderr : stdout;
+  if (argc >= 2 && out == stderr) fprintf(stderr, "ballast: unknown command '%s'\n", argv[1]);
+  fprintf(out, "usage: ballast COMMAND [flags]   (ballast COMMAND --help for its flags)\n\n");
+  for (size_t i = 0; i < n; i++) fprintf(out, "  %-10s %s\n", k_cmds[i].name, k_cmds[i].help);
+  return out == stderr ? 2 : 0;
+}

@@ -8,8 +8,11 @@
  * host layout (below); a backend may repack them once in weight_prepare.
  *
  * Ops are asynchronous on devices that queue work; be->sync waits. Every op
- * returns BL_OK or BL_EDEVICE (a failed device call; the caller marks the
- * replica unhealthy). Shapes are validated by the wrappers, not the slots. */
+ * returns BL_OK or BL_EDEVICE (a failed device call, or an id/slot/block
+ * out of range, which backends check; the caller marks the replica
+ * unhealthy). Callers (model_forward) validate shapes and token ids before
+ * calling; the slots trust them. A negative KV slot means "write nothing"
+ * (padding). Unless an op says otherwise outputs must not alias inputs. */
 #ifndef BK_BACKEND_H
 #define BK_BACKEND_H
 
@@ -124,7 +127,8 @@ struct bk_backend {
   bl_status (*weight_prepare)(bk_backend *be, bk_weight *w);
   void (*weight_release)(bk_backend *be, bk_weight *w);
 
-  /* out[n][cols] = row ids[i] of table, dequantized. */
+  /* out[n][cols] = row ids[i] of table, dequantized, in natural column
+   * order (a permuted table is written back through perm). */
   bl_status (*embed)(bk_backend *be, float *out, const bk_weight *table, const int32_t *ids, int32_t n);
   /* out[n][dim] = x * rsqrt(mean(x^2) + eps) * w, in float32. out may be x. */
   bl_status (*rmsnorm)(bk_backend *be, float *out, const float *x, const float *w, int32_t n,
@@ -144,7 +148,8 @@ struct bk_backend {
   bl_status (*kv_write)(bk_backend *be, const bk_kv_cache *kv, int32_t layer, const float *k,
                         const float *v, const int32_t *slots, int32_t n);
   /* out[n][n_heads*head_dim] = softmax(q k^T / sqrt(head_dim)) v over the
-   * positions bk_attn_batch names, GQA by head index / (n_heads/n_kv_heads). */
+   * positions bk_attn_batch names, GQA by head index / (n_heads/n_kv_heads).
+   * out must not alias q. */
   bl_status (*attention)(bk_backend *be, float *out, const float *q, const bk_kv_cache *kv,
                          int32_t layer, const bk_attn_batch *b, const bk_heads *h);
 };

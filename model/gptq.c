@@ -108,10 +108,11 @@ static bl_status group_order(const gptq_linear *g, int32_t **perm_out, bl_err *e
   for (int32_t k = 0; k < g->in; k++) count[gptq_group(g, k) + 1]++;
   for (int32_t i = 0; i < g->n_groups; i++) {
     if (count[i + 1] != g->group_size) {
+      int32_t rows = count[i + 1];
       free(count);
       free(perm);
       return bl_fail(err, BL_EUNSUPPORTED, "%s: GPTQ group %d has %d rows, not %d",
-                     g->qweight->file, i, count[i + 1], g->group_size);
+                     g->qweight->file, i, rows, g->group_size);
     }
     count[i + 1] += count[i];
   }

@@ -195,6 +195,11 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s\n", err.msg);
     return 1;
   }
+  if (argc > 2) { /* named folders only (tools/ref/check_gptq_export.py) */
+    for (int i = 2; i < argc; i++) check_model(be, dir, argv[i], MODEL_PREC_AUTO);
+    bk_destroy(be);
+    return T_DONE();
+  }
   check_model(be, dir, "tiny-qwen3", MODEL_PREC_AUTO);
   check_model(be, dir, "tiny-qwen3-tied", MODEL_PREC_AUTO);
   check_model(be, dir, "tiny-qwen3-gptq-w4-g32-asym-actorder-v1", MODEL_PREC_AUTO);

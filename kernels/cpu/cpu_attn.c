@@ -1,0 +1,237 @@
+/* Attention-side ops on the CPU: per-head q/k RMSNorm + RoPE, writing K/V
+ * into the paged fp16 cache, and attention over it.
+ *
+ * Cache layout (backend.h): per layer [n_blocks][n_kv_heads][block_size]
+ * [head_dim] fp16; slot = block * block_size + offset. Attention runs one
+ * (token, head) pair per work item with an online softmax in float32, one
+ * cache block at a time (cpu_kern.attn_block: scores for a run of
+ * positions, one rescale of the running output if the maximum grew, then
+ * the V accumulation). The output row itself is the accumulator (q is
+ * copied first, so out may be q). */
+#include <math.h>
+#include <stdatomic.h>
+
+#include "bl_log.h"
+#include "cpu_internal.h"
+
+/* ---- qk_norm_rope ----------------------------------------------------- */
+
+typedef struct cpu_rope_job {
+  const cpu_kern *k;
+  float *q, *kk;                /* [n][n_heads*hd], [n][n_kv_heads*hd] */
+  const float *q_norm, *k_norm; /* [hd] or NULL */
+  const int32_t *pos;           /* [n] */
+  const bk_heads *h;
+  float *tmp; /* [n_threads][stride]: inv_freq[hd/2], cos[hd/2], sin[hd/2] */
+  size_t stride;
+} cpu_rope_job;
+
+/* inv_freq[i] = theta^(-2i/hd) and, per position, cos/sin of pos * inv_freq,
+ * all in float32 the way HF computes them. */
+static void cpu_rope_inv_freq(float theta, int32_t hd, float *inv) {
+  for (int32_t i = 0; i < hd / 2; i++)
+    inv[i] = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
+}
+
+static void cpu_rope_table(int32_t pos, const float *inv, int32_t hd, float *cs, float *sn) {
+  for (int32_t i = 0; i < hd / 2; i++) {
+    float ang = (float)pos * inv[i];
+    cs[i] = cosf(ang);
+    sn[i] = sinf(ang);
+  }
+}
+
+static void cpu_rope_head(float *v, const float *cs, const float *sn, int32_t hd,
+                          bk_rope_style style) {
+  int32_t half = hd / 2;
+  if (style == BK_ROPE_NEOX) {
+    for (int32_t i = 0; i < half; i++) {
+      float a = v[i], b = v[i + half];
+      v[i] = a * cs[i] - b * sn[i];
+      v[i + half] = b * cs[i] + a * sn[i];
+    }
+  } else {
+    for (int32_t i = 0; i < half; i++) {
+      float a = v[2 * i], b = v[2 * i + 1];
+      v[2 * i] = a * cs[i] - b * sn[i];
+      v[2 * i + 1] = b * cs[i] + a * sn[i];
+    }
+  }
+}
+
+static void cpu_norm_rope_heads(const cpu_rope_job *j, float *v, int32_t nh, const float *nw,
+                                const float *cs, const float *sn) {
+  const bk_heads *h = j->h;
+  for (int32_t hh = 0; hh < nh; hh++) {
+    float *x = v + (size_t)hh * h->head_dim;
+    if (nw) {
+      float ms = j->k->sumsq(x, h->head_dim) / (float)h->head_dim;
+      j->k->norm_mul(x, x, 1.0f / sqrtf(ms + h->norm_eps), nw, h->head_dim);
+    }
+    cpu_rope_head(x, cs, sn, h->head_dim, h->rope_style);
+  }
+}
+
+static void cpu_rope_run(void *arg, int64_t t0, int64_t t1, int tid) {
+  cpu_rope_job *j = arg;
+  const bk_heads *h = j->h;
+  float *inv = j->tmp + (size_t)tid * j->stride, *cs = inv + h->head_dim / 2;
+  float *sn = cs + h->head_dim / 2;
+  cpu_rope_inv_freq(h->rope_theta, h->head_dim, inv);
+  for (int64_t t = t0; t < t1; t++) {
+    cpu_rope_table(j->pos[t], inv, h->head_dim, cs, sn);
+    cpu_norm_rope_heads(j, j->q + (size_t)t * h->n_heads * h->head_dim, h->n_heads, j->q_norm, cs,
+                        sn);
+    cpu_norm_rope_heads(j, j->kk + (size_t)t * h->n_kv_heads * h->head_dim, h->n_kv_heads,
+                        j->k_norm, cs, sn);
+  }
+}
+
+bl_status cpu_qk_norm_rope(bk_backend *be, float *q, float *k, const float *q_norm,
+                           const float *k_norm, const int32_t *pos, int32_t n, const bk_heads *h) {
+  cpu_ctx *c = be->ctx;
+  cpu_rope_job j = {.k = c->k,
+                    .q = q,
+                    .kk = k,
+                    .q_norm = q_norm,
+                    .k_norm = k_norm,
+                    .pos = pos,
+                    .h = h,
+                    .stride = cpu_thr_stride(3 * (size_t)h->head_dim / 2)};
+  size_t bytes = (size_t)c->n_threads * j.stride * sizeof(float);
+  if (!(j.tmp = cpu_buf_get(&c->thr, bytes))) return cpu_op_oom("qk_norm_rope", bytes);
+  int64_t work = (int64_t)(h->n_heads + h->n_kv_heads) * h->head_dim * 4;
+  cpu_pool_for(c->pool, n, cpu_grain(work), cpu_rope_run, &j);
+  return BL_OK;
+}
+
+/* ---- kv_write --------------------------------------------------------- */
+
+typedef struct cpu_kvw_job {
+  const cpu_kern *k;
+  const bk_kv_cache *kv;
+  uint16_t *kc, *vc;    /* this layer's cache */
+  const float *kx, *vx; /* [n][n_kv_heads*hd] */
+  const int32_t *slots; /* [n]; negative: skip the token */
+  _Atomic int bad;      /* a slot past the cache */
+} cpu_kvw_job;
+
+static void cpu_kvw_run(void *arg, int64_t t0, int64_t t1, int tid) {
+  cpu_kvw_job *j = arg;
+  const bk_kv_cache *kv = j->kv;
+  size_t hd = (size_t)kv->head_dim, row = (size_t)kv->n_kv_heads * hd;
+  for (int64_t t = t0; t < t1; t++) {
+    int32_t slot = j->slots[t];
+    if (slot < 0) continue;
+    if (slot / kv->block_size >= kv->n_blocks) {
+      atomic_store(&j->bad, 1);
+      continue;
+    }
+    size_t blk = (size_t)(slot / kv->block_size), off = (size_t)(slot % kv->block_size);
+    for (int32_t kh = 0; kh < kv->n_kv_heads; kh++) {
+      size_t dst =
+          ((blk * (size_t)kv->n_kv_heads + (size_t)kh) * (size_t)kv->block_size + off) * hd;
+      j->k->to_f16(j->kc + dst, j->kx + (size_t)t * row + (size_t)kh * hd, kv->head_dim);
+      j->k->to_f16(j->vc + dst, j->vx + (size_t)t * row + (size_t)kh * hd, kv->head_dim);
+    }
+  }
+}
+
+bl_status cpu_kv_write(bk_backend *be, const bk_kv_cache *kv, int32_t layer, const float *k,
+                       const float *v, const int32_t *slots, int32_t n) {
+  cpu_ctx *c = be->ctx;
+  cpu_kvw_job j = {.k = c->k,
+                   .kv = kv,
+                   .kc = kv->k[layer],
+                   .vc = kv->v[layer],
+                   .kx = k,
+                   .vx = v,
+                   .slots = slots};
+  cpu_pool_for(c->pool, n, cpu_grain(2 * (int64_t)kv->n_kv_heads * kv->head_dim), cpu_kvw_run, &j);
+  if (atomic_load(&j.bad)) {
+    bl_log(BL_LOG_ERROR, "cpu: kv_write: a slot is past the cache's %d blocks of %d",
+           (int)kv->n_blocks, (int)kv->block_size);
+    return BL_EDEVICE;
+  }
+  return BL_OK;
+}
+
+/* ---- attention -------------------------------------------------------- */
+
+typedef struct cpu_attn_job {
+  const cpu_kern *k;
+  float *out;              /* [n_tok][n_heads*hd] */
+  const float *q;          /* [n_tok][n_heads*hd] */
+  const uint16_t *kc, *vc; /* this layer's cache */
+  const bk_kv_cache *kv;
+  const bk_attn_batch *b;
+  const bk_heads *h;
+  float *tmp; /* [n_threads][stride]: q of the current head, pre-scaled */
+  size_t stride;
+  _Atomic int bad; /* a sequence, position or block id was out of range */
+} cpu_attn_job;
+
+/* One (token, head): returns false on an out-of-range id. */
+static bool cpu_attn_one(cpu_attn_job *j, int32_t t, int32_t hh, float *qs) {
+  const bk_heads *h = j->h;
+  const bk_kv_cache *kv = j->kv;
+  const bk_attn_batch *b = j->b;
+  int32_t hd = h->head_dim, bs = kv->block_size;
+  int32_t kvh = hh / (h->n_heads / h->n_kv_heads);
+  const float *qv = j->q + ((size_t)t * h->n_heads + hh) * hd;
+  float *o = j->out + ((size_t)t * h->n_heads + hh) * hd;
+  float scale = 1.0f / sqrtf((float)hd);
+  for (int32_t i = 0; i < hd; i++)
+    qs[i] = qv[i] * scale;
+  for (int32_t i = 0; i < hd; i++)
+    o[i] = 0;
+  int32_t seq = b->tok_seq[t], npos = b->tok_pos[t] + 1;
+  if (seq < 0 || seq >= b->n_seq || npos < 1 || npos > b->max_blocks * bs) return false;
+  const int32_t *bt = b->block_tables + (size_t)seq * b->max_blocks;
+  float m = -INFINITY, l = 0;
+  for (int32_t p0 = 0; p0 < npos; p0 += bs) {
+    int32_t blk = bt[p0 / bs];
+    if (blk < 0 || blk >= kv->n_blocks) return false;
+    size_t base = ((size_t)blk * kv->n_kv_heads + kvh) * (size_t)bs * hd;
+    int32_t cnt = npos - p0 < bs ? npos - p0 : bs;
+    j->k->attn_block(qs, j->kc + base, j->vc + base, cnt, hd, o, &m, &l);
+  }
+  j->k->scale(o, 1.0f / l, hd);
+  return true;
+}
+
+static void cpu_attn_run(void *arg, int64_t i0, int64_t i1, int tid) {
+  cpu_attn_job *j = arg;
+  float *qs = j->tmp + (size_t)tid * j->stride;
+  for (int64_t i = i0; i < i1; i++) {
+    if (!cpu_attn_one(j, (int32_t)(i / j->h->n_heads), (int32_t)(i % j->h->n_heads), qs))
+      atomic_store(&j->bad, 1);
+  }
+}
+
+bl_status cpu_attention(bk_backend *be, float *out, const float *q, const bk_kv_cache *kv,
+                        int32_t layer, const bk_attn_batch *b, const bk_heads *h) {
+  cpu_ctx *c = be->ctx;
+  cpu_attn_job j = {.k = c->k,
+                    .out = out,
+                    .q = q,
+                    .kc = kv->k[layer],
+                    .vc = kv->v[layer],
+                    .kv = kv,
+                    .b = b,
+                    .h = h,
+                    .stride = cpu_thr_stride((size_t)h->head_dim)};
+  size_t bytes = (size_t)c->n_threads * j.stride * sizeof(float);
+  if (!(j.tmp = cpu_buf_get(&c->thr, bytes))) return cpu_op_oom("attention", bytes);
+  int64_t npos = 0; /* sizes the chunks: work per item is about 4 * hd * positions */
+  for (int32_t t = 0; t < b->n_tok; t++)
+    npos += b->tok_pos[t] + 1;
+  int64_t per_item = b->n_tok ? 4 * (int64_t)h->head_dim * (npos / b->n_tok) : 1;
+  cpu_pool_for(c->pool, (int64_t)b->n_tok * h->n_heads, cpu_grain(per_item), cpu_attn_run, &j);
+  if (atomic_load(&j.bad)) {
+    bl_log(BL_LOG_ERROR, "cpu: attention: a token's sequence, position or block id is out of "
+                         "range of the batch or cache");
+    return BL_EDEVICE;
+  }
+  return BL_OK;
+}

@@ -39,8 +39,10 @@ bl_status tok_build(const tok_vocab_src *src, tok_tokenizer **out, bl_err *err);
 void tok_free(tok_tokenizer *t);
 
 /* Encode len bytes of UTF-8 text. parse_special: match added/special tokens
- * in the text (as HF does by default). Invalid UTF-8 is BL_EINVAL. *ids is
- * malloc'd; the caller frees it. */
+ * in the text (as HF does by default); false encodes the text of special
+ * tokens as plain text (HF's encode_special_tokens), while non-special added
+ * tokens such as Qwen's <think> are still matched whole. Invalid UTF-8 is
+ * BL_EINVAL. *ids is malloc'd; the caller frees it. */
 bl_status tok_encode(const tok_tokenizer *t, const char *text, size_t len, bool parse_special,
                      int32_t **ids, size_t *n_ids, bl_err *err);
 

@@ -1,0 +1,209 @@
+/* The CUDA backend's table: device selection, the stream and cuBLAS handle,
+ * buffers, and error reporting. The ops live in one .cu per op (cu_ops.h).
+ *
+ * All work of a backend goes to its one stream, so ops run in call order and
+ * upload/copy/memset0 return before the device has finished; download and
+ * sync wait. Upload from pageable memory returns once the source has been
+ * staged, so the caller may reuse it at once. */
+#include "cu_common.cuh"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+bl_status cu_fail(cu_ctx *c, cudaError_t e, const char *what, const char *file, int line) {
+  snprintf(c->last_err, sizeof c->last_err, "%s: %s: %s (%s) at %s:%d", c->name, what,
+           cudaGetErrorName(e), cudaGetErrorString(e), file, line);
+  bl_log(BL_LOG_ERROR, "%s", c->last_err);
+  return BL_EDEVICE;
+}
+
+bl_status cu_fail_blas(cu_ctx *c, cublasStatus_t s, const char *what, const char *file, int line) {
+  snprintf(c->last_err, sizeof c->last_err, "%s: %s: %s (%s) at %s:%d", c->name, what,
+           cublasGetStatusName(s), cublasGetStatusString(s), file, line);
+  bl_log(BL_LOG_ERROR, "%s", c->last_err);
+  return BL_EDEVICE;
+}
+
+bl_status cu_invalid(cu_ctx *c, const char *op, const char *why) {
+  bl_log(BL_LOG_ERROR, "%s: %s: %s", c->name, op, why);
+  return BL_EINVAL;
+}
+
+bl_status cu_scratch(cu_ctx *c, size_t bytes, void **out) {
+  if (bytes > c->scratch_bytes) {
+    size_t grow = cu_round_up(bytes + bytes / 4, (size_t)1 << 20);
+    CU_CHECK(c, cudaStreamSynchronize(c->stream));
+    if (c->scratch) CU_CHECK(c, cudaFree(c->scratch));
+    c->scratch = NULL;
+    c->scratch_bytes = 0;
+    CU_CHECK(c, cudaMalloc(&c->scratch, grow));
+    c->scratch_bytes = grow;
+  }
+  *out = c->scratch;
+  return BL_OK;
+}
+
+extern "C" const char *cu_last_error(const bk_backend *be) { return cu_ctx_of(be)->last_err; }
+
+/* ---- buffers ---------------------------------------------------------- */
+
+static void *cu_alloc(bk_backend *be, size_t bytes) {
+  cu_ctx *c = cu_ctx_of(be);
+  cudaSetDevice(c->dev);
+  void *p = NULL;
+  cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+  if (e != cudaSuccess) {
+    cu_fail(c, e, "cudaMalloc", __FILE__, __LINE__);
+    cudaGetLastError(); /* an allocation failure is not sticky; clear it */
+    return NULL;
+  }
+  return p;
+}
+
+static void cu_free(bk_backend *be, void *p) {
+  cu_ctx *c = cu_ctx_of(be);
+  cudaSetDevice(c->dev);
+  if (!p) return;
+  cudaError_t e = cudaFree(p);
+  if (e != cudaSuccess) cu_fail(c, e, "cudaFree", __FILE__, __LINE__);
+}
+
+static bl_status cu_upload(bk_backend *be, void *dst, const void *host_src, size_t bytes) {
+  CU_ENTER(c, be);
+  if (!bytes) return BL_OK;
+  CU_CHECK(c, cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, c->stream));
+  return BL_OK;
+}
+
+static bl_status cu_download(bk_backend *be, void *host_dst, const void *src, size_t bytes) {
+  CU_ENTER(c, be);
+  if (!bytes) return BL_OK;
+  CU_CHECK(c, cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+  CU_CHECK(c, cudaStreamSynchronize(c->stream));
+  return BL_OK;
+}
+
+static bl_status cu_copy(bk_backend *be, void *dst, const void *src, size_t bytes) {
+  CU_ENTER(c, be);
+  if (!bytes) return BL_OK;
+  CU_CHECK(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+  return BL_OK;
+}
+
+static bl_status cu_memset0(bk_backend *be, void *dst, size_t bytes) {
+  CU_ENTER(c, be);
+  if (!bytes) return BL_OK;
+  CU_CHECK(c, cudaMemsetAsync(dst, 0, bytes, c->stream));
+  return BL_OK;
+}
+
+static bl_status cu_sync(bk_backend *be) {
+  CU_ENTER(c, be);
+  CU_CHECK(c, cudaStreamSynchronize(c->stream));
+  return BL_OK;
+}
+
+/* ---- life cycle ------------------------------------------------------- */
+
+static void cu_destroy(bk_backend *be) {
+  cu_ctx *c = cu_ctx_of(be);
+  if (c) {
+    if (c->stream) {
+      cudaSetDevice(c->dev);
+      cudaStreamSynchronize(c->stream);
+    }
+    if (c->scratch) cudaFree(c->scratch);
+    if (c->blas) cublasDestroy(c->blas);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    free(c);
+  }
+  free(be);
+}
+
+/* A kernel to ask the runtime whether this build has an image for the GPU. */
+static __global__ void cu_probe_kernel(int *p) {
+  if (p) *p = 0;
+}
+
+static bl_status cu_open_device(int dev, cu_ctx *c, bl_err *err) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    cudaGetLastError();
+    return bl_fail(err, BL_EUNSUPPORTED, "cuda:%d: no CUDA device (%s)", dev,
+                   e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+  }
+  if (dev < 0 || dev >= n)
+    return bl_fail(err, BL_EUNSUPPORTED, "cuda:%d: no such device (%d present)", dev, n);
+  if ((e = cudaSetDevice(dev)) != cudaSuccess)
+    return bl_fail(err, BL_EDEVICE, "cuda:%d: cudaSetDevice: %s", dev, cudaGetErrorString(e));
+  cudaDeviceProp prop;
+  if ((e = cudaGetDeviceProperties(&prop, dev)) != cudaSuccess)
+    return bl_fail(err, BL_EDEVICE, "cuda:%d: cudaGetDeviceProperties: %s", dev,
+                   cudaGetErrorString(e));
+  c->sm_count = prop.multiProcessorCount;
+  c->cc_major = prop.major;
+  c->cc_minor = prop.minor;
+  cudaFuncAttributes fa;
+  if ((e = cudaFuncGetAttributes(&fa, cu_probe_kernel)) != cudaSuccess) {
+    cudaGetLastError();
+    return bl_fail(err, BL_EUNSUPPORTED,
+                   "cuda:%d: %s (sm_%d%d) has no kernel image in this build (%s); "
+                   "rebuild with -Dcuda_arch=%d%d",
+                   dev, prop.name, prop.major, prop.minor, cudaGetErrorString(e), prop.major,
+                   prop.minor);
+  }
+  if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess)
+    return bl_fail(err, BL_EDEVICE, "cuda:%d: cudaStreamCreate: %s", dev, cudaGetErrorString(e));
+  cublasStatus_t s = cublasCreate(&c->blas);
+  if (s != CUBLAS_STATUS_SUCCESS) {
+    c->blas = NULL;
+    return bl_fail(err, BL_EDEVICE, "cuda:%d: cublasCreate: %s", dev, cublasGetStatusString(s));
+  }
+  if ((s = cublasSetStream(c->blas, c->stream)) != CUBLAS_STATUS_SUCCESS)
+    return bl_fail(err, BL_EDEVICE, "cuda:%d: cublasSetStream: %s", dev, cublasGetStatusString(s));
+  bl_log(BL_LOG_INFO, "cuda:%d: %s, sm_%d%d, %d SMs, %.1f GiB", dev, prop.name, prop.major,
+         prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1 << 30));
+  return BL_OK;
+}
+
+extern "C" bl_status bk_cuda_create(int dev, bk_backend **out, bl_err *err) {
+  *out = NULL;
+  bk_backend *be = (bk_backend *)calloc(1, sizeof *be);
+  cu_ctx *c = (cu_ctx *)calloc(1, sizeof *c);
+  if (!be || !c) {
+    free(be);
+    free(c);
+    return bl_fail(err, BL_ENOMEM, "cuda:%d: out of host memory", dev);
+  }
+  c->dev = dev;
+  snprintf(c->name, sizeof c->name, "cuda:%d", dev);
+  be->ctx = c;
+  bl_status st = cu_open_device(dev, c, err);
+  if (st != BL_OK) {
+    cu_destroy(be);
+    return st;
+  }
+  be->name = c->name;
+  be->destroy = cu_destroy;
+  be->alloc = cu_alloc;
+  be->free = cu_free;
+  be->upload = cu_upload;
+  be->download = cu_download;
+  be->copy = cu_copy;
+  be->memset0 = cu_memset0;
+  be->sync = cu_sync;
+  be->weight_prepare = cu_weight_prepare;
+  be->weight_release = cu_weight_release;
+  be->embed = cu_embed;
+  be->rmsnorm = cu_rmsnorm;
+  be->qk_norm_rope = cu_qk_norm_rope;
+  be->matmul = cu_matmul;
+  be->silu_mul = cu_silu_mul;
+  be->add = cu_add;
+  be->kv_write = cu_kv_write;
+  be->attention = cu_attention;
+  *out = be;
+  return BL_OK;
+}

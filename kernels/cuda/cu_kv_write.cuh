@@ -1,0 +1,12 @@
+/* kv_write: store fp32 K and V rows of one layer into paged fp16 cache slots. */
+#ifndef CU_KV_WRITE_CUH
+#define CU_KV_WRITE_CUH
+
+#include "cu_common.cuh"
+
+/* k, v: [n][n_kv_heads*head_dim] fp32; slots: device int32 [n]. A slot
+ * outside 0..n_blocks*block_size-1 (e.g. -1 for a padding token) is skipped. */
+bl_status cu_kv_write_launch(cu_ctx *c, const bk_kv_cache *kv, int32_t layer, const float *k,
+                             const float *v, const int32_t *slots, int32_t n);
+
+#endif

@@ -1,0 +1,91 @@
+/* A small CUDA emulator for checking kernel logic on a CPU (tests/gpu/emu/run.sh):
+ * one fiber per thread, block and warp barriers, warp shuffles. Not shipped. */
+#pragma once
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <math.h>
+#include <functional>
+#include "bl_half.h"
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(x)
+
+struct dim3 { unsigned x, y, z; dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {} };
+struct uint3_ { unsigned x, y, z; };
+extern uint3_ threadIdx, blockIdx, blockDim, gridDim;
+
+struct float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct __half { uint16_t x; };
+struct alignas(4) __half2 { __half x, y; };
+inline float __half2float(__half h) { return bl_half_to_float(h.x); }
+inline __half __float2half_rn(float f) { return __half{bl_float_to_half(f)}; }
+inline float2 __half22float2(__half2 h) { return float2{__half2float(h.x), __half2float(h.y)}; }
+inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+template <class T> inline T __ldg(const T *p) { return *p; }
+
+void emu_sync_block();
+void emu_sync_warp();
+extern float emu_xchg[1024];
+inline float __shfl_xor_sync(unsigned, float v, int o) {
+  unsigned me = threadIdx.x;
+  emu_xchg[me] = v;
+  emu_sync_warp();
+  float r = emu_xchg[(me & ~31u) | ((me & 31u) ^ (unsigned)o)];
+  emu_sync_warp();
+  return r;
+}
+#define __syncthreads() emu_sync_block()
+
+void emu_launch(dim3 grid, dim3 block, std::function<void()> fn);
+
+/* ---- runtime ---- */
+typedef int cudaError_t;
+enum { cudaSuccess = 0, cudaErrorInvalidValue = 1 };
+typedef struct emu_stream *cudaStream_t;
+enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
+#define cudaStreamNonBlocking 1
+struct cudaDeviceProp { char name[256]; int major, minor, multiProcessorCount; size_t totalGlobalMem; };
+struct cudaFuncAttributes { int numRegs; };
+cudaError_t cudaGetDeviceCount(int *n);
+cudaError_t cudaSetDevice(int);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int);
+template <class F> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, F) { a->numRegs = 0; return 0; }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned);
+cudaError_t cudaStreamDestroy(cudaStream_t);
+cudaError_t cudaStreamSynchronize(cudaStream_t);
+cudaError_t cudaGetLastError(void);
+const char *cudaGetErrorName(cudaError_t);
+const char *cudaGetErrorString(cudaError_t);
+cudaError_t cudaMalloc(void **p, size_t b);
+template <class T> cudaError_t cudaMalloc(T **p, size_t b) { return cudaMalloc((void **)p, b); }
+cudaError_t cudaFree(void *p);
+cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t b, cudaMemcpyKind, cudaStream_t);
+cudaError_t cudaMemcpy2DAsync(void *d, size_t dp, const void *s, size_t sp, size_t w, size_t h, cudaMemcpyKind, cudaStream_t);
+cudaError_t cudaMemsetAsync(void *d, int v, size_t b, cudaStream_t);
+
+/* ---- cuBLAS ---- */
+typedef struct emu_blas *cublasHandle_t;
+typedef int cublasStatus_t;
+enum { CUBLAS_STATUS_SUCCESS = 0 };
+typedef enum { CUBLAS_OP_N, CUBLAS_OP_T } cublasOperation_t;
+typedef enum { CUDA_R_16F, CUDA_R_32F } cudaDataType;
+typedef enum { CUBLAS_COMPUTE_32F } cublasComputeType_t;
+typedef enum { CUBLAS_GEMM_DEFAULT } cublasGemmAlgo_t;
+cublasStatus_t cublasCreate(cublasHandle_t *h);
+cublasStatus_t cublasDestroy(cublasHandle_t h);
+cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s);
+const char *cublasGetStatusName(cublasStatus_t);
+const char *cublasGetStatusString(cublasStatus_t);
+cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                            const void *alpha, const void *A, cudaDataType at, int lda, const void *B,
+                            cudaDataType bt, int ldb, const void *beta, void *C, cudaDataType ct, int ldc,
+                            cublasComputeType_t, cublasGemmAlgo_t);

@@ -1,0 +1,2 @@
+/* Emulator stand-in for <cublas_v2.h>. */
+#include "emu_cuda.h"

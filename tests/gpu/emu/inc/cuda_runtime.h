@@ -1,0 +1,2 @@
+/* Emulator stand-in for <cuda_runtime.h>. */
+#include "emu_cuda.h"

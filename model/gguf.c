@@ -16,6 +16,8 @@
  *   tensor at fault. Fields are read in host order: little-endian only. */
 #include "gguf.h"
 
+#include "bl_file.h"
+
 #include <fcntl.h>
 #include <errno.h>
 #include <math.h>
@@ -460,33 +462,15 @@ bl_status gguf_open(const char *path, gguf_file **out, bl_err *err) {
     return bl_fail(err, BL_ENOMEM, "%s: no memory", path);
   }
   g->pub.path = p;
-  bl_status st = BL_OK;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  struct stat sb;
-  if (fd < 0) {
-    st = bl_fail(err, BL_EIO, "%s: cannot open: %s", path, strerror(errno));
-  } else if (fstat(fd, &sb) != 0) {
-    st = bl_fail(err, BL_EIO, "%s: cannot stat: %s", path, strerror(errno));
-  } else if (!S_ISREG(sb.st_mode)) {
-    st = bl_fail(err, BL_EIO, "%s: not a regular file", path);
-  } else if (sb.st_size < (off_t)GGUF_HEADER_BYTES) {
-    st = bl_fail(err, BL_EFORMAT, "%s: file is %lld bytes, too short for a GGUF header (%u)", path,
-                 (long long)sb.st_size, GGUF_HEADER_BYTES);
-  } else if ((uint64_t)sb.st_size > SIZE_MAX) {
-    st = bl_fail(err, BL_ERANGE, "%s: file too large to map", path);
-  } else {
-    void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (m == MAP_FAILED) {
-      st = bl_fail(err, BL_EIO, "%s: cannot map: %s", path, strerror(errno));
-    } else {
-      g->pub.map = m;
-      g->pub.size = (size_t)sb.st_size;
-      g->mapped = true;
-      cursor c = {g->pub.map, g->pub.size, 0, path, err};
-      st = parse(&c, g);
-    }
+  bl_map map;
+  bl_status st = bl_map_file(path, GGUF_HEADER_BYTES, "a GGUF header", &map, err);
+  if (st == BL_OK) {
+    g->pub.map = map.data;
+    g->pub.size = map.size;
+    g->mapped = true;
+    cursor c = {g->pub.map, g->pub.size, 0, path, err};
+    st = parse(&c, g);
   }
-  if (fd >= 0) close(fd); /* the mapping outlives the descriptor */
   if (st) {
     gguf_close(&g->pub);
     return st;
@@ -498,7 +482,7 @@ bl_status gguf_open(const char *path, gguf_file **out, bl_err *err) {
 void gguf_close(gguf_file *f) {
   if (!f) return;
   gguf_impl *g = (gguf_impl *)f;
-  if (g->mapped) munmap((void *)f->map, f->size);
+  if (g->mapped) bl_unmap(&(bl_map){f->map, f->size});
   if (f->kvs)
     for (uint64_t i = 0; i < f->n_kv; i++)
       free(f->kvs[i].strs);

@@ -18,6 +18,8 @@
  * - Every error message names the file and the tensor or key. */
 #include "safetensors.h"
 
+#include "bl_file.h"
+
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
@@ -216,29 +218,10 @@ static bl_status map_file(st_set *s, const char *path, st_file **out, bl_err *er
   *f = (st_file){strdup(path), NULL, 0};
   if (!f->path) return bl_fail(err, BL_ENOMEM, "%s: no memory", path);
   s->n_files++;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return bl_fail(err, BL_EIO, "%s: cannot open: %s", path, strerror(errno));
-  struct stat sb;
-  bl_status st = BL_OK;
-  if (fstat(fd, &sb) != 0) {
-    st = bl_fail(err, BL_EIO, "%s: cannot stat: %s", path, strerror(errno));
-  } else if (!S_ISREG(sb.st_mode)) {
-    st = bl_fail(err, BL_EIO, "%s: not a regular file", path);
-  } else if (sb.st_size < 8) {
-    st = bl_fail(err, BL_EFORMAT, "%s: file is %lld bytes, too short for a safetensors header",
-                 path, (long long)sb.st_size);
-  } else if ((uint64_t)sb.st_size > SIZE_MAX) {
-    st = bl_fail(err, BL_ERANGE, "%s: file too large to map", path);
-  } else {
-    void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (m == MAP_FAILED) {
-      st = bl_fail(err, BL_EIO, "%s: cannot map: %s", path, strerror(errno));
-    } else {
-      f->map = m;
-      f->size = (size_t)sb.st_size;
-    }
-  }
-  close(fd);
+  bl_map map;
+  bl_status st = bl_map_file(path, 8, "a safetensors header", &map, err);
+  f->map = map.data;
+  f->size = map.size;
   *out = f;
   return st;
 }
@@ -340,7 +323,7 @@ bl_status st_open_file(const char *path, st_set **out, bl_err *err) {
 void st_close(st_set *s) {
   if (!s) return;
   for (size_t i = 0; i < s->n_files; i++) {
-    if (s->files[i].map) munmap((void *)s->files[i].map, s->files[i].size);
+    bl_unmap(&(bl_map){s->files[i].map, s->files[i].size});
     free(s->files[i].path);
   }
   for (size_t i = 0; i < s->n; i++)

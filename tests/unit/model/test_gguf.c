@@ -21,6 +21,7 @@
 #include "bl_half.h"
 #include "gguf.h"
 #include "t.h"
+#include "t_file.h"
 
 static char tmpdir[256];
 
@@ -78,48 +79,6 @@ static void tinfo(buf *b, const char *name, uint32_t n_dims, const uint64_t *ne,
   put_u64(b, offset);
 }
 
-static void write_file(const char *path, const void *p, size_t n) {
-  FILE *fp = fopen(path, "wb");
-  if (!fp || fwrite(p, 1, n, fp) != n || fclose(fp) != 0) {
-    perror(path);
-    exit(2);
-  }
-}
-
-static uint8_t *read_file(const char *path, size_t *n) {
-  FILE *fp = fopen(path, "rb");
-  if (!fp) return NULL;
-  fseek(fp, 0, SEEK_END);
-  *n = (size_t)ftell(fp);
-  fseek(fp, 0, SEEK_SET);
-  uint8_t *p = malloc(*n ? *n : 1);
-  if (fread(p, 1, *n, fp) != *n) abort();
-  fclose(fp);
-  return p;
-}
-
-/* A file for truncation runs: a memfd named by /proc/self/fd/N when the
- * kernel has them (every length is then an ftruncate in memory, not a file
- * write), else a file in tmpdir. Holds p[0..n) on return. */
-static int trunc_file(const char *fallback, const void *p, size_t n, char *path, size_t cap) {
-  int fd = memfd_create("bl_trunc", MFD_CLOEXEC);
-  if (fd >= 0) {
-    snprintf(path, cap, "/proc/self/fd/%d", fd);
-    if (access(path, R_OK) != 0) {
-      close(fd);
-      fd = -1;
-    }
-  }
-  if (fd < 0) {
-    snprintf(path, cap, "%s", fallback);
-    fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  }
-  if (fd < 0 || write(fd, p, n) != (ssize_t)n) {
-    perror(path);
-    exit(2);
-  }
-  return fd;
-}
 
 /* ------------------------------------------------------- committed vectors */
 

@@ -7,8 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
-if [ -f build/build.ninja ]; then meson setup --reconfigure build >/dev/null
-else meson setup build >/dev/null; fi
+[ -f build/build.ninja ] || meson setup build >/dev/null
 ninja -C build >/dev/null
 gguf=$(scripts/fetch-model.sh)
 question=${1:-"A farmer has 12 cows and buys 7 more. Then 5 cows wander off. How many cows does the farmer have now?"}

@@ -9,11 +9,11 @@ scripts/deps.sh || exit 1
 export BALLAST_SMOLLM2_GGUF
 BALLAST_SMOLLM2_GGUF=$(scripts/fetch-model.sh) || exit 1
 
-configure() { # dir, meson args...
-  local dir=$1
+configure() { # dir, meson args...; meson's output is shown only on failure
+  local dir=$1 log
   shift
-  if [ -f "$dir/build.ninja" ]; then meson setup --reconfigure "$dir" "$@" >/dev/null
-  else meson setup "$dir" "$@" >/dev/null; fi
+  if [ -f "$dir/build.ninja" ]; then log=$(meson setup --reconfigure "$dir" "$@" 2>&1)
+  else log=$(meson setup "$dir" "$@" 2>&1); fi || { echo "$log"; return 1; }
 }
 
 status=0

@@ -1,8 +1,9 @@
 /* Export a loaded model as a GPTQ-format Hugging Face folder (config.json
  * with quantization_config, quantize_config.json, model.safetensors), the
  * layout GPTQ loaders read: checkpoint_format "gptq" (v1), desc_act false,
- * embeddings, norms and lm_head in fp16. Quantization is round-to-nearest
- * per group (quant_row) from the model's weights as loaded. */
+ * embeddings, norms and lm_head in fp16. The linears are quantized either
+ * round-to-nearest per group (quant_row) from the model's weights as
+ * loaded, or by GPTQ (calibrate.c, gptq_solve.c) on the same grid. */
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,31 +51,23 @@ static bl_status add_norm(st_writer *w, model *m, const char *name, const float 
   return st;
 }
 
-/* Quantize one linear and add its four GPTQ tensors under prefix. */
-static bl_status add_gptq_linear(st_writer *w, const char *prefix, const bk_weight *src,
-                                 const model_export_opts *o, bl_err *err) {
-  int32_t in = src->cols, out = src->rows, gs = o->group_size, ng = in / gs, per = 32 / o->bits;
-  uint8_t *q = malloc((size_t)in * (size_t)out);
-  uint16_t *row_scales = malloc((size_t)ng * 2), *scales = malloc((size_t)ng * (size_t)out * 2);
-  int32_t *row_zeros = malloc((size_t)ng * 4), *zeros = malloc((size_t)ng * (size_t)out * 4);
+const char *const model_linear_hf[MODEL_LIN_N] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+const char *const model_linear_short[MODEL_LIN_N] = {"q", "k", "v", "o", "gate", "up", "down"};
+
+/* Pack ql and add its four GPTQ tensors under prefix. */
+static bl_status add_qlinear(st_writer *w, const char *prefix, const qlinear *ql, bl_err *err) {
+  int32_t in = ql->in, out = ql->out, ng = ql->n_groups, per = 32 / ql->bits;
   int32_t *qweight = malloc((size_t)(in / per) * (size_t)out * 4);
   int32_t *qzeros = malloc((size_t)ng * (size_t)(out / per) * 4);
   int32_t *g_idx = malloc((size_t)in * 4);
-  float *row = malloc((size_t)in * sizeof *row);
   bl_status st = BL_OK;
-  if (!q || !row_scales || !scales || !row_zeros || !zeros || !qweight || !qzeros || !g_idx || !row) {
-    st = bl_fail(err, BL_ENOMEM, "export: out of memory quantizing %s", prefix);
+  if (!qweight || !qzeros || !g_idx) {
+    st = bl_fail(err, BL_ENOMEM, "export: out of memory packing %s", prefix);
     goto done;
   }
-  for (int32_t n = 0; n < out; n++) {
-    bk_weight_row_f32(src, n, row);
-    quant_row(row, in, o->bits, gs, o->sym, q + (size_t)n * (size_t)in, row_scales, row_zeros);
-    for (int32_t g = 0; g < ng; g++) {
-      scales[(size_t)g * (size_t)out + (size_t)n] = row_scales[g];
-      zeros[(size_t)g * (size_t)out + (size_t)n] = row_zeros[g];
-    }
-  }
-  gptq_pack_v1(o->bits, in, out, gs, q, zeros, qweight, qzeros, g_idx);
+  gptq_pack_v1(ql->bits, in, out, ql->group_size, ql->q, ql->zeros, qweight, qzeros, g_idx);
   char name[320];
   int64_t sq[2] = {in / per, out}, sz[2] = {ng, out / per}, ss[2] = {ng, out}, sg[1] = {in};
   snprintf(name, sizeof name, "%s.qweight", prefix);
@@ -82,16 +75,74 @@ static bl_status add_gptq_linear(st_writer *w, const char *prefix, const bk_weig
   snprintf(name, sizeof name, "%s.qzeros", prefix);
   if ((st = st_writer_add(w, name, ST_I32, 2, sz, qzeros, err))) goto done;
   snprintf(name, sizeof name, "%s.scales", prefix);
-  if ((st = st_writer_add(w, name, ST_F16, 2, ss, scales, err))) goto done;
+  if ((st = st_writer_add(w, name, ST_F16, 2, ss, ql->scales, err))) goto done;
   snprintf(name, sizeof name, "%s.g_idx", prefix);
   st = st_writer_add(w, name, ST_I32, 1, sg, g_idx, err);
 done:
-  free(q), free(row_scales), free(scales), free(row_zeros), free(zeros);
-  free(qweight), free(qzeros), free(g_idx), free(row);
+  free(qweight), free(qzeros), free(g_idx);
+  return st;
+}
+
+/* Round-to-nearest: quant_row on each output row. */
+static bl_status rtn_linear(const bk_weight *src, const model_export_opts *o, qlinear *ql, bl_err *err) {
+  int32_t in = src->cols, out = src->rows, ng = in / o->group_size;
+  uint16_t *row_scales = malloc((size_t)ng * 2);
+  int32_t *row_zeros = malloc((size_t)ng * 4);
+  float *row = malloc((size_t)in * sizeof *row);
+  bl_status st = qlinear_alloc(ql, o->bits, in, out, o->group_size);
+  if (st || !row_scales || !row_zeros || !row) {
+    st = bl_fail(err, BL_ENOMEM, "export: out of memory quantizing a %d x %d linear", out, in);
+    goto done;
+  }
+  for (int32_t n = 0; n < out; n++) {
+    bk_weight_row_f32(src, n, row);
+    quant_row(row, in, o->bits, o->group_size, o->sym, ql->q + (size_t)n * (size_t)in, row_scales,
+              row_zeros);
+    for (int32_t g = 0; g < ng; g++) {
+      ql->scales[(size_t)g * (size_t)out + (size_t)n] = row_scales[g];
+      ql->zeros[(size_t)g * (size_t)out + (size_t)n] = row_zeros[g];
+    }
+  }
+done:
+  free(row_scales), free(row_zeros), free(row);
+  return st;
+}
+
+static bl_status add_linear(st_writer *w, int32_t layer, int lin, const qlinear *ql, bl_err *err) {
+  char prefix[256];
+  snprintf(prefix, sizeof prefix, "model.layers.%d.%s", layer, model_linear_hf[lin]);
+  return add_qlinear(w, prefix, ql, err);
+}
+
+static bl_status emit_linear(void *ctx, int32_t layer, int lin, const qlinear *ql, bl_err *err) {
+  return add_linear(ctx, layer, lin, ql, err);
+}
+
+static bl_status add_linears(st_writer *w, model *m, const model_export_opts *o, bl_err *err) {
+  const model_config *c = &m->cfg;
+  if (o->method == MODEL_QUANT_GPTQ) {
+    gptq_calib gc = {.ids = o->calib_ids, .n_ids = o->n_calib,
+                     .seq_len = o->calib_seq_len > 0 ? o->calib_seq_len : 256,
+                     .p = {.bits = o->bits, .group_size = o->group_size, .sym = o->sym,
+                           .damp = o->damp > 0 ? o->damp : 0.01, .n_threads = o->n_threads},
+                     .verbose = o->verbose};
+    return model_gptq_run(m, &gc, emit_linear, w, err);
+  }
+  bl_status st = BL_OK;
+  for (int32_t l = 0; l < c->n_layers && !st; l++) {
+    model_layer *ly = &m->layers[l];
+    const bk_weight *ws[MODEL_LIN_N] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->gate, &ly->up, &ly->down};
+    for (int i = 0; i < MODEL_LIN_N && !st; i++) {
+      qlinear ql = {0};
+      if (!(st = rtn_linear(ws[i], o, &ql, err))) st = add_linear(w, l, i, &ql, err);
+      qlinear_free(&ql);
+    }
+  }
   return st;
 }
 
 static cJSON *quant_json(const model_export_opts *o) {
+  bool gptq = o->method == MODEL_QUANT_GPTQ;
   cJSON *q = cJSON_CreateObject();
   cJSON_AddStringToObject(q, "quant_method", "gptq");
   cJSON_AddNumberToObject(q, "bits", o->bits);
@@ -99,8 +150,9 @@ static cJSON *quant_json(const model_export_opts *o) {
   cJSON_AddBoolToObject(q, "sym", o->sym);
   cJSON_AddBoolToObject(q, "desc_act", false);
   cJSON_AddStringToObject(q, "checkpoint_format", "gptq");
-  cJSON_AddNumberToObject(q, "damp_percent", 0.01);
-  cJSON_AddStringToObject(q, "quantizer", "ballast-rtn");
+  cJSON_AddNumberToObject(q, "damp_percent", o->damp > 0 ? o->damp : 0.01);
+  if (gptq) cJSON_AddBoolToObject(q, "true_sequential", true);
+  cJSON_AddStringToObject(q, "quantizer", gptq ? "ballast-gptq" : "ballast-rtn");
   return q;
 }
 
@@ -168,16 +220,10 @@ bl_status model_export_gptq(model *m, const char *dir, const model_export_opts *
   bl_status st = add_f16_weight(w, "model.embed_tokens.weight", &m->embed, err);
   if (!st && !c->tied) st = add_f16_weight(w, "lm_head.weight", &m->lm_head, err);
   if (!st) st = add_norm(w, m, "model.norm.weight", m->final_norm, c->hidden, err);
-  static const char *names[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+  if (!st) st = add_linears(w, m, o, err);
   char name[256];
   for (int32_t l = 0; l < c->n_layers && !st; l++) {
     model_layer *ly = &m->layers[l];
-    const bk_weight *ws[] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->gate, &ly->up, &ly->down};
-    for (int i = 0; i < 7 && !st; i++) {
-      snprintf(name, sizeof name, "model.layers.%d.%s", l, names[i]);
-      st = add_gptq_linear(w, name, ws[i], o, err);
-    }
     snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
     if (!st) st = add_norm(w, m, name, ly->attn_norm, c->hidden, err);
     snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);

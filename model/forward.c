@@ -5,7 +5,9 @@
  *   write k,v to the paged cache;  x += attention(q, cache) Wo
  *   h = rmsnorm(x);  x += (silu(h Wgate) * h Wup) Wdown
  * then logits = rmsnorm(x) lm_head for the requested tokens only.
- * Activations are f32 device buffers [tokens][width], grown on demand. */
+ * Activations are f32 device buffers [tokens][width], grown on demand.
+ * When m->capture is set, linear inputs are copied to a host buffer and
+ * handed to it (calibration); the normal path only tests a NULL pointer. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,12 +21,15 @@ struct model_scratch {
   float *xo, *logits;      /* [cap_out][hidden], [cap_out][vocab] */
   int32_t *meta;           /* [4][cap_tok]: ids, pos, seq, slots */
   int32_t *bt;             /* [cap_bt] block tables */
+  float *cap_host;         /* host [cap_tok][max width], only while capturing */
+  size_t cap_host_n;       /* floats in cap_host */
 };
 
 static void scratch_release(bk_backend *be, model_scratch *s) {
   void *bufs[] = {s->x, s->h, s->att, s->q, s->k, s->v, s->gate, s->up, s->xo, s->logits, s->meta, s->bt};
   for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
     if (bufs[i]) be->free(be, bufs[i]);
+  free(s->cap_host);
   memset(s, 0, sizeof *s);
 }
 
@@ -71,6 +76,26 @@ static bl_status scratch_ensure(model *m, int32_t n_tok, int32_t n_out, int32_t 
   return BL_OK;
 }
 
+/* Show the device activations x [n][dim] at point `which` of layer l to the
+ * capture hook, if it asked for that point. */
+static bl_status capture(model *m, int32_t l, int which, const float *x, int32_t n, int32_t dim,
+                         bl_err *err) {
+  const model_capture *cap = m->capture;
+  if (!cap || !(cap->points & (1u << which))) return BL_OK;
+  model_scratch *s = m->scratch;
+  size_t need = (size_t)n * (size_t)dim;
+  if (need > s->cap_host_n) {
+    float *p = realloc(s->cap_host, need * sizeof *p);
+    if (!p) return bl_fail(err, BL_ENOMEM, "forward: out of memory capturing activations");
+    s->cap_host = p;
+    s->cap_host_n = need;
+  }
+  bl_status st = m->be->download(m->be, s->cap_host, x, need * sizeof(float));
+  if (st) return bl_fail(err, st, "%s: cannot read activations of layer %d on %s", m->path, l, m->be->name);
+  cap->fn(cap->ctx, l, which, s->cap_host, n, dim);
+  return BL_OK;
+}
+
 #define OP(call)                                                                                   \
   do {                                                                                             \
     if ((st = (call)) != BL_OK) {                                                                  \
@@ -89,26 +114,32 @@ static bl_status layer_forward(model *m, const model_layer *ly, int32_t l, const
                     .rope_theta = c->rope_theta, .rope_style = BK_ROPE_NEOX, .norm_eps = c->norm_eps};
   size_t hid = (size_t)n * (size_t)c->hidden;
   bl_status st;
+  int32_t qd = c->n_heads * c->head_dim;
   OP(be->rmsnorm(be, s->h, s->x, ly->attn_norm, n, c->hidden, c->norm_eps));
+  OP(capture(m, l, MODEL_CAP_ATTN_IN, s->h, n, c->hidden, err));
   OP(be->matmul(be, s->q, s->h, &ly->wq, n));
   OP(be->matmul(be, s->k, s->h, &ly->wk, n));
   OP(be->matmul(be, s->v, s->h, &ly->wv, n));
   OP(be->qk_norm_rope(be, s->q, s->k, ly->q_norm, ly->k_norm, pos, n, &heads));
   OP(be->kv_write(be, kv, l, s->k, s->v, slots, n));
   OP(be->attention(be, s->att, s->q, kv, l, ab, &heads));
+  OP(capture(m, l, MODEL_CAP_O_IN, s->att, n, qd, err));
   OP(be->matmul(be, s->h, s->att, &ly->wo, n));
   OP(be->add(be, s->x, s->h, hid));
   OP(be->rmsnorm(be, s->h, s->x, ly->ffn_norm, n, c->hidden, c->norm_eps));
+  OP(capture(m, l, MODEL_CAP_MLP_IN, s->h, n, c->hidden, err));
   OP(be->matmul(be, s->gate, s->h, &ly->gate, n));
   OP(be->matmul(be, s->up, s->h, &ly->up, n));
   OP(be->silu_mul(be, s->gate, s->gate, s->up, (size_t)n * (size_t)c->intermediate));
+  OP(capture(m, l, MODEL_CAP_DOWN_IN, s->gate, n, c->intermediate, err));
   OP(be->matmul(be, s->h, s->gate, &ly->down, n));
   OP(be->add(be, s->x, s->h, hid));
   return BL_OK;
 }
 
-bl_status model_forward(model *m, const bk_kv_cache *kv, const model_batch *b, float *logits,
-                        bl_err *err) {
+/* Validate b, size the scratch, upload the step's metadata and fill *ab. */
+static bl_status step_begin(model *m, const bk_kv_cache *kv, const model_batch *b,
+                            bk_attn_batch *ab, bl_err *err) {
   const model_config *c = &m->cfg;
   bk_backend *be = m->be;
   int32_t n = b->n_tok;
@@ -130,15 +161,36 @@ bl_status model_forward(model *m, const bk_kv_cache *kv, const model_batch *b, f
   OP(be->upload(be, seq, b->seq, (size_t)n * 4));
   OP(be->upload(be, slots, b->slots, (size_t)n * 4));
   OP(be->upload(be, s->bt, b->block_tables, (size_t)n_bt * 4));
-  bk_attn_batch ab = {.n_tok = n, .tok_seq = seq, .tok_pos = pos, .block_tables = s->bt,
-                      .n_seq = b->n_seq, .max_blocks = b->max_blocks};
-  OP(be->embed(be, s->x, &m->embed, ids, n));
-  for (int32_t l = 0; l < c->n_layers; l++)
-    if ((st = layer_forward(m, &m->layers[l], l, kv, &ab, pos, slots, n, err))) return st;
+  *ab = (bk_attn_batch){.n_tok = n, .tok_seq = seq, .tok_pos = pos, .block_tables = s->bt,
+                        .n_seq = b->n_seq, .max_blocks = b->max_blocks};
+  return BL_OK;
+}
+
+static bl_status run_layers(model *m, const bk_kv_cache *kv, const bk_attn_batch *ab, int32_t l0,
+                            int32_t l1, bl_err *err) {
+  model_scratch *s = m->scratch;
+  int32_t n = ab->n_tok, *pos = s->meta + n, *slots = s->meta + 3 * n;
+  for (int32_t l = l0; l < l1; l++) {
+    bl_status st = layer_forward(m, &m->layers[l], l, kv, ab, pos, slots, n, err);
+    if (st) return st;
+  }
+  return BL_OK;
+}
+
+bl_status model_forward(model *m, const bk_kv_cache *kv, const model_batch *b, float *logits,
+                        bl_err *err) {
+  const model_config *c = &m->cfg;
+  bk_backend *be = m->be;
+  bk_attn_batch ab;
+  bl_status st = step_begin(m, kv, b, &ab, err);
+  if (st) return st;
+  model_scratch *s = m->scratch;
+  OP(be->embed(be, s->x, &m->embed, s->meta, b->n_tok));
+  if ((st = run_layers(m, kv, &ab, 0, c->n_layers, err))) return st;
   if (b->n_out == 0) return be->sync(be);
   size_t row = (size_t)c->hidden * 4;
   for (int32_t i = 0; i < b->n_out; i++) {
-    if (b->out_tok[i] < 0 || b->out_tok[i] >= n)
+    if (b->out_tok[i] < 0 || b->out_tok[i] >= b->n_tok)
       return bl_fail(err, BL_EINVAL, "forward: output token %d out of range", b->out_tok[i]);
     OP(be->copy(be, (char *)s->xo + (size_t)i * row, (char *)s->x + (size_t)b->out_tok[i] * row, row));
   }
@@ -146,4 +198,23 @@ bl_status model_forward(model *m, const bk_kv_cache *kv, const model_batch *b, f
   OP(be->matmul(be, s->logits, s->xo, &m->lm_head, b->n_out));
   OP(be->download(be, logits, s->logits, (size_t)b->n_out * (size_t)c->vocab * 4));
   return BL_OK;
+}
+
+bl_status model_forward_layers(model *m, const bk_kv_cache *kv, const model_batch *b, int32_t l0,
+                               int32_t l1, const float *x_in, float *x_out, bl_err *err) {
+  const model_config *c = &m->cfg;
+  bk_backend *be = m->be;
+  if (l0 < 0 || l1 > c->n_layers || l0 > l1 || (!x_in && l0 != 0))
+    return bl_fail(err, BL_EINVAL, "forward: layers [%d, %d) of %d (embedding only enters layer 0)",
+                   l0, l1, c->n_layers);
+  bk_attn_batch ab;
+  bl_status st = step_begin(m, kv, b, &ab, err);
+  if (st) return st;
+  model_scratch *s = m->scratch;
+  size_t bytes = (size_t)b->n_tok * (size_t)c->hidden * 4;
+  if (x_in) OP(be->upload(be, s->x, x_in, bytes));
+  else OP(be->embed(be, s->x, &m->embed, s->meta, b->n_tok));
+  if ((st = run_layers(m, kv, &ab, l0, l1, err))) return st;
+  if (x_out) OP(be->download(be, x_out, s->x, bytes));
+  return be->sync(be);
 }

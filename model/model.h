@@ -61,6 +61,25 @@ typedef struct model_load_opts {
 typedef struct model_store model_store; /* host memory and mappings behind the weights */
 typedef struct model_scratch model_scratch;
 
+/* Where the forward pass can show a linear's input (calibration, e.g. GPTQ
+ * Hessians). Each point feeds the linears listed. */
+typedef enum model_cap_point {
+  MODEL_CAP_ATTN_IN = 0, /* q, k, v: rmsnorm(x) [n_tok][hidden] */
+  MODEL_CAP_O_IN = 1,    /* o: attention output [n_tok][n_heads*head_dim] */
+  MODEL_CAP_MLP_IN = 2,  /* gate, up: rmsnorm(x) [n_tok][hidden] */
+  MODEL_CAP_DOWN_IN = 3, /* down: silu(gate) * up [n_tok][intermediate] */
+  MODEL_CAP_N
+} model_cap_point;
+
+/* A capture hook: when model.capture is set, the forward pass downloads each
+ * point whose bit (1u << which) is in points to host memory and calls fn
+ * with it (x_host valid for the call only). Costs nothing when unset. */
+typedef struct model_capture {
+  void (*fn)(void *ctx, int32_t layer, int which, const float *x_host, int32_t n_tok, int32_t dim);
+  void *ctx;
+  uint32_t points;
+} model_capture;
+
 typedef struct model {
   model_config cfg;
   model_prec prec;         /* precision of the linear layers as loaded */
@@ -74,6 +93,7 @@ typedef struct model {
   tok_tokenizer *tok;      /* NULL when the model carries none */
   model_store *store;
   model_scratch *scratch;
+  const model_capture *capture; /* NULL normally; not owned */
 } model;
 
 /* Load a Hugging Face folder (config.json + safetensors, plain or GPTQ) or a

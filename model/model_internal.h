@@ -3,6 +3,8 @@
 #ifndef MODEL_INTERNAL_H
 #define MODEL_INTERNAL_H
 
+#include <math.h>
+
 #include "gguf.h"
 #include "model.h"
 #include "safetensors.h"
@@ -55,6 +57,94 @@ void gptq_pack_v1(int32_t bits, int32_t in, int32_t out, int32_t group_size, con
  * values, fp16 scales[ng] and integer zeros[ng]; w = scale * (q - zero). */
 void quant_row(const float *x, int32_t cols, int32_t bits, int32_t gs, bool sym, uint8_t *q,
                uint16_t *scales, int32_t *zeros);
+/* The grid of one group x[n] as quant_row picks it: fp16 scale, integer zero. */
+void quant_group_params(const float *x, int32_t n, int32_t bits, bool sym, uint16_t *scale,
+                        int32_t *zero);
+/* One value on that grid (s = the fp16 scale as float): clamp(rint(x/s) + zero). */
+static inline uint8_t quant_value(float x, float s, int32_t zero, int32_t bits) {
+  int32_t maxq = (1 << bits) - 1;
+  int32_t v = s > 0.0f ? (int32_t)lrintf(x / s) + zero : zero;
+  return (uint8_t)(v < 0 ? 0 : v > maxq ? maxq : v);
+}
+
+/* One quantized linear in GPTQ's layout (before bit packing). */
+typedef struct qlinear {
+  int32_t bits, in, out, group_size, n_groups;
+  uint8_t *q;       /* [out][in] values 0..2^bits-1, natural input order */
+  uint16_t *scales; /* fp16 [n_groups][out] */
+  int32_t *zeros;   /* [n_groups][out], w = scale * (q - zero), zero in [1, 2^bits - 1] */
+} qlinear;
+
+/* malloc the three arrays (NULL members on failure); qlinear_free frees them. */
+bl_status qlinear_alloc(qlinear *ql, int32_t bits, int32_t in, int32_t out, int32_t group_size);
+void qlinear_free(qlinear *ql);
+
+/* ---- GPTQ solver (gptq_solve.c) ----------------------------------------- */
+
+/* S[i][j] += sum_t x[t][i] * x[t][j] for j >= i: the upper triangle (and
+ * diagonal) of X^T X, S double [dim][dim], x float [n][dim]. */
+void gptq_hessian_add(double *S, int32_t dim, const float *x, int32_t n, int n_threads);
+
+/* U float [n][n] = the upper Cholesky factor of H^-1 (U^T U = H^-1; strict
+ * lower triangle zero) for H given by its strict upper triangle (double
+ * [n][n]) and diag[n]. H's strict lower triangle is used as scratch; its
+ * upper triangle and diagonal are left as they were. BL_EINVAL when H is not
+ * numerically positive definite. */
+bl_status gptq_hinv_chol(double *H, const double *diag, int32_t n, float *U, int n_threads);
+
+typedef struct gptq_params {
+  int32_t bits, group_size;
+  bool sym;
+  double damp;   /* added to diag(H): damp * mean(diag(H)); GPTQ's 0.01 */
+  int n_threads; /* 0: online cores */
+} gptq_params;
+
+/* What every linear reading one input shares: the damped inverse Hessian's
+ * upper Cholesky factor. */
+typedef struct gptq_hinv {
+  int32_t n;
+  float *U;      /* [n][n] */
+  uint8_t *dead; /* [n] 1 where H_ii == 0 (those weights are zeroed) */
+  double damp;   /* damping used (p->damp, or more if H did not factor) */
+} gptq_hinv;
+
+/* From H = 2/n X^T X double [n][n] (upper triangle and diagonal read and
+ * kept; strict lower triangle overwritten). Uses p->damp and p->n_threads. */
+bl_status gptq_hinv_build(double *H, int32_t n, const gptq_params *p, gptq_hinv *h, bl_err *err);
+void gptq_hinv_free(gptq_hinv *h);
+
+/* GPTQ on one linear: W float [out][in] (overwritten with the dequantized
+ * result), h built from the Hessian of its input. Fills ql (allocated by
+ * the caller with qlinear_alloc). *loss, when not NULL, gets GPTQ's proxy
+ * sum (w - q)^2 / U_ii^2 over all weights. */
+bl_status gptq_quantize(const gptq_params *p, const gptq_hinv *h, float *W, qlinear *ql,
+                        double *loss, bl_err *err);
+/* gptq_hinv_build + gptq_quantize for a linear with a Hessian of its own. */
+bl_status gptq_solve(const gptq_params *p, float *W, double *H, qlinear *ql, double *loss,
+                     bl_err *err);
+
+/* ---- GPTQ over a model (calibrate.c) ------------------------------------ */
+
+/* The seven linears of a decoder layer, in the order their inputs appear. */
+enum { MODEL_LIN_Q, MODEL_LIN_K, MODEL_LIN_V, MODEL_LIN_O, MODEL_LIN_GATE, MODEL_LIN_UP,
+       MODEL_LIN_DOWN, MODEL_LIN_N };
+extern const char *const model_linear_hf[MODEL_LIN_N];    /* "self_attn.q_proj", ... */
+extern const char *const model_linear_short[MODEL_LIN_N]; /* "q", ..., "down" */
+
+typedef struct gptq_calib {
+  const int32_t *ids; /* calibration tokens, cut into sequences of seq_len */
+  int32_t n_ids, seq_len;
+  gptq_params p;
+  bool verbose; /* log each linear's loss */
+} gptq_calib;
+
+/* Receives each quantized linear (ql is freed after the call returns). */
+typedef bl_status (*gptq_emit_fn)(void *ctx, int32_t layer, int lin, const qlinear *ql, bl_err *err);
+
+/* Sequential GPTQ of every linear of m (an fp16 model), layer by layer on
+ * the calibration tokens; m's linears are replaced by their quantized
+ * versions as it goes. */
+bl_status model_gptq_run(model *m, const gptq_calib *c, gptq_emit_fn emit, void *ctx, bl_err *err);
 
 /* ---- weight sources --------------------------------------------------- */
 
@@ -90,5 +180,14 @@ bl_status config_from_gguf(const gguf_file *f, model_config *c, bl_err *err);
 /* ---- forward scratch -------------------------------------------------- */
 
 void model_scratch_free(model *m);
+
+/* Run decoder layers [l0, l1) of batch b alone (calibration): the residual
+ * stream enters from x_in (host f32 [n_tok][hidden]), or from the embedding
+ * of b->ids when x_in is NULL (then l0 must be 0), and leaves to x_out
+ * (same shape; may equal x_in; NULL: not read back). No final norm, no
+ * logits. m->capture, when set, sees the linears' inputs as in
+ * model_forward. */
+bl_status model_forward_layers(model *m, const bk_kv_cache *kv, const model_batch *b, int32_t l0,
+                               int32_t l1, const float *x_in, float *x_out, bl_err *err);
 
 #endif

@@ -11,8 +11,8 @@
 #include "bl_half.h"
 #include "model_internal.h"
 
-static void quant_group(const float *x, int32_t n, int32_t bits, bool sym, uint8_t *q,
-                        uint16_t *scale_out, int32_t *zero_out) {
+void quant_group_params(const float *x, int32_t n, int32_t bits, bool sym, uint16_t *scale_out,
+                        int32_t *zero_out) {
   int32_t maxq = (1 << bits) - 1;
   float lo = 0.0f, hi = 0.0f;
   for (int32_t i = 0; i < n; i++) {
@@ -36,13 +36,7 @@ static void quant_group(const float *x, int32_t n, int32_t bits, bool sym, uint8
     }
     if (zero > maxq) zero = maxq;
   }
-  uint16_t s16 = bl_float_to_half(scale);
-  float s = bl_half_to_float(s16);
-  for (int32_t i = 0; i < n; i++) {
-    int32_t v = s > 0.0f ? (int32_t)lrintf(x[i] / s) + zero : zero;
-    q[i] = (uint8_t)(v < 0 ? 0 : v > maxq ? maxq : v);
-  }
-  *scale_out = s16;
+  *scale_out = bl_float_to_half(scale);
   *zero_out = zero;
 }
 
@@ -50,6 +44,8 @@ void quant_row(const float *x, int32_t cols, int32_t bits, int32_t gs, bool sym,
                uint16_t *scales, int32_t *zeros) {
   for (int32_t g = 0; g * gs < cols; g++) {
     int32_t n = cols - g * gs < gs ? cols - g * gs : gs;
-    quant_group(x + g * gs, n, bits, sym, q + g * gs, &scales[g], &zeros[g]);
+    quant_group_params(x + g * gs, n, bits, sym, &scales[g], &zeros[g]);
+    float s = bl_half_to_float(scales[g]);
+    for (int32_t i = 0; i < n; i++) q[g * gs + i] = quant_value(x[g * gs + i], s, zeros[g], bits);
   }
 }

@@ -162,6 +162,7 @@ int cmd_generate(int argc, char **argv) {
   if (json) print_json(m, ids, np, &g);
   else {
     putchar('\n');
+    fflush(stdout); /* the summary on stderr must follow the text */
     fprintf(stderr, "[%d prompt tokens in %.3f s, %d generated in %.3f s: %.2f tok/s, %s]\n", np,
             g.prefill_s, g.n, g.decode_s, g.n > 1 && g.decode_s > 0 ? (g.n - 1) / g.decode_s : 0.0, g.finish);
   }

@@ -168,8 +168,7 @@ bl_status gptq_to_weight(const gptq_linear *g, const gptq_info *gi, model_store 
         int32_t src_grp = gptq_group(g, perm ? perm[grp * g->group_size] : grp * g->group_size);
         uint16_t s16 = sc[(size_t)src_grp * (size_t)g->out + (size_t)n];
         scales[(size_t)n * (size_t)ng + (size_t)grp] = s16;
-        mins[(size_t)n * (size_t)ng + (size_t)grp] =
-            bl_float_to_half(-bl_half_to_float(s16) * (float)gptq_zero(g, gi, src_grp, n));
+        mins[(size_t)n * (size_t)ng + (size_t)grp] = quant_min(s16, gptq_zero(g, gi, src_grp, n));
       }
     }
   }

@@ -284,7 +284,7 @@ static model_prec gguf_stored_prec(const gguf_file *f) {
   return MODEL_PREC_FP16;
 }
 
-static bl_status prepare_weights(model *m, bl_err *err) {
+bl_status model_prepare_weights(model *m, bl_err *err) {
   if (!m->be->weight_prepare) return BL_OK;
   bl_status st = m->be->weight_prepare(m->be, &m->embed);
   if (!st && !m->cfg.tied) st = m->be->weight_prepare(m->be, &m->lm_head);
@@ -296,7 +296,7 @@ static bl_status prepare_weights(model *m, bl_err *err) {
   return BL_OK;
 }
 
-static bl_status model_new(const char *path, bk_backend *be, model **out, bl_err *err) {
+bl_status model_new(const char *path, bk_backend *be, model **out, bl_err *err) {
   model *m = calloc(1, sizeof *m);
   if (m) m->store = calloc(1, sizeof *m->store);
   if (m) m->path = strdup(path);
@@ -369,7 +369,7 @@ bl_status model_load(const char *path, const model_load_opts *opts, bk_backend *
   }
   if ((st = load_vec(&L, L.gguf ? "output_norm.weight" : "model.norm.weight", c->hidden, &m->final_norm, err)))
     goto fail;
-  if ((st = prepare_weights(m, err))) goto fail;
+  if ((st = model_prepare_weights(m, err))) goto fail;
   if (m->tok && c->n_eos == 0 && tok_eos_id(m->tok) >= 0) c->eos_ids[c->n_eos++] = tok_eos_id(m->tok);
   *out = m;
   return BL_OK;

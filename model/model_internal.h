@@ -5,6 +5,7 @@
 
 #include <math.h>
 
+#include "bl_half.h"
 #include "gguf.h"
 #include "model.h"
 #include "safetensors.h"
@@ -146,6 +147,12 @@ typedef bl_status (*gptq_emit_fn)(void *ctx, int32_t layer, int lin, const qline
  * versions as it goes. */
 bl_status model_gptq_run(model *m, const gptq_calib *c, gptq_emit_fn emit, void *ctx, bl_err *err);
 
+/* The canonical format's per-group offset for GPTQ's w = scale*(q - zero):
+ * min = -scale*zero, rounded to fp16 (exact for symmetric zeros). */
+static inline uint16_t quant_min(uint16_t scale, int32_t zero) {
+  return bl_float_to_half(-bl_half_to_float(scale) * (float)zero);
+}
+
 /* ---- weight sources --------------------------------------------------- */
 
 typedef enum src_kind { SRC_ST, SRC_GGUF, SRC_GPTQ } src_kind;
@@ -170,6 +177,13 @@ void src_row_f32(const src_mat *m, int32_t r, float *out);
  * conversion or quantization, whichever applies). */
 bl_status load_matrix(const src_mat *src, bk_wfmt fmt, int32_t gs, bool sym, model_store *s,
                       bk_weight *w, bl_err *err);
+
+/* ---- model assembly (loader.c), shared with synthetic.c ------------- */
+
+/* A zeroed model with its store and path, on be. */
+bl_status model_new(const char *path, bk_backend *be, model **out, bl_err *err);
+/* Hand every linear, embed and lm_head to be->weight_prepare (if any). */
+bl_status model_prepare_weights(model *m, bl_err *err);
 
 /* ---- config ----------------------------------------------------------- */
 

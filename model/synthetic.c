@@ -84,13 +84,11 @@ bl_status model_synthetic(const char *name, model_prec prec, int32_t group_size,
     if (strcmp(k_shapes[i].name, name) == 0) sh = &k_shapes[i];
   *out = NULL;
   if (!sh) return bl_fail(err, BL_EINVAL, "unknown synthetic model \"%s\" (qwen3-0.6b ... qwen3-32b, smollm2-135m)", name);
-  model *m = calloc(1, sizeof *m);
-  if (!m || !(m->store = calloc(1, sizeof *m->store)) || !(m->path = malloc(strlen(name) + 11))) {
-    model_free(m);
-    return bl_fail(err, BL_ENOMEM, "synthetic: out of memory");
-  }
-  sprintf(m->path, "synthetic:%s", name);
-  m->be = be;
+  char path[64];
+  snprintf(path, sizeof path, "synthetic:%s", name);
+  model *m = NULL;
+  bl_status st = model_new(path, be, &m, err);
+  if (st) return st;
   model_config *c = &m->cfg;
   *c = (model_config){.arch = strncmp(name, "qwen3", 5) == 0 ? MODEL_ARCH_QWEN3 : MODEL_ARCH_LLAMA,
                       .n_layers = sh->layers, .hidden = sh->hidden, .intermediate = sh->inter,
@@ -102,7 +100,6 @@ bl_status model_synthetic(const char *name, model_prec prec, int32_t group_size,
   bk_wfmt fmt = m->prec == MODEL_PREC_W4 ? BK_WF_W4 : m->prec == MODEL_PREC_W2 ? BK_WF_W2 : BK_WF_F16;
   m->group_size = fmt == BK_WF_F16 ? 0 : (group_size ? group_size : 128);
   uint64_t rng = 0x5eed5eed12345678ull;
-  bl_status st = BL_OK;
   int32_t qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
   if (!(m->layers = calloc((size_t)c->n_layers, sizeof *m->layers))) {
     st = bl_fail(err, BL_ENOMEM, "synthetic: out of memory");
@@ -130,21 +127,7 @@ bl_status model_synthetic(const char *name, model_prec prec, int32_t group_size,
   else if ((st = synth_weight(m->store, BK_WF_F16, c->vocab, c->hidden, 0, &rng, &m->lm_head, err)))
     goto fail;
   if ((st = synth_vec(m, c->hidden, &m->final_norm, err))) goto fail;
-  if (be->weight_prepare) {
-    model_layer *ly;
-    for (int32_t l = 0; l < c->n_layers && !st; l++) {
-      ly = &m->layers[l];
-      bk_weight *ws[] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->gate, &ly->up, &ly->down};
-      for (int i = 0; i < 7 && !st; i++) st = be->weight_prepare(be, ws[i]);
-    }
-    if (!st) st = be->weight_prepare(be, &m->embed);
-    if (!st && !c->tied) st = be->weight_prepare(be, &m->lm_head);
-    if (st) {
-      bl_fail(err, st, "synthetic: cannot place weights on %s", be->name);
-      goto fail;
-    }
-    if (c->tied) m->lm_head.dev = m->embed.dev;
-  }
+  if ((st = model_prepare_weights(m, err))) goto fail;
   *out = m;
   return BL_OK;
 fail:

@@ -136,7 +136,7 @@ static bl_status load_quantized(const src_mat *src, bk_wfmt fmt, int32_t gs, boo
     quant_row(row, src->cols, bits, gs, sym, vals, rs, zeros);
     bk_pack_row(fmt, vals, src->cols, q + (size_t)r * rb);
     for (int32_t g = 0; g < ng; g++)
-      mn[(size_t)r * (size_t)ng + (size_t)g] = bl_float_to_half(-bl_half_to_float(rs[g]) * (float)zeros[g]);
+      mn[(size_t)r * (size_t)ng + (size_t)g] = quant_min(rs[g], zeros[g]);
   }
   *w = (bk_weight){.fmt = fmt, .rows = src->rows, .cols = src->cols, .group_size = gs, .q = q,
                    .scales = sc, .mins = mn};

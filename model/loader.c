@@ -277,6 +277,25 @@ static bl_status load_tokenizer_gguf(const gguf_file *f, tok_tokenizer **out, bl
   return st;
 }
 
+bl_status model_load_tokenizer(const char *path, tok_tokenizer **out, bl_err *err) {
+  struct stat sb;
+  *out = NULL;
+  if (stat(path, &sb) != 0) return bl_fail(err, BL_EIO, "%s: cannot open the tokenizer", path);
+  if (S_ISDIR(sb.st_mode)) {
+    char tj[4096];
+    snprintf(tj, sizeof tj, "%s/tokenizer.json", path);
+    return tok_load_json(tj, out, err);
+  }
+  size_t n = strlen(path);
+  if (n < 5 || strcmp(path + n - 5, ".gguf") != 0) return tok_load_json(path, out, err);
+  gguf_file *f = NULL;
+  bl_status st = gguf_open(path, &f, err);
+  if (!st) st = load_tokenizer_gguf(f, out, err);
+  if (!st && !*out) st = bl_fail(err, BL_EFORMAT, "%s: has no tokenizer.ggml.tokens", path);
+  gguf_close(f);
+  return st;
+}
+
 /* GGUF precision as stored: w4 when most linears are 4-bit blocks. */
 static model_prec gguf_stored_prec(const gguf_file *f) {
   const gguf_tensor *t = gguf_find_tensor(f, "blk.0.ffn_down.weight");

@@ -96,6 +96,9 @@ typedef struct model {
   const model_capture *capture; /* NULL normally; not owned */
 } model;
 
+/* A tokenizer alone: tokenizer.json, a folder holding one, or a .gguf file's
+ * metadata. */
+bl_status model_load_tokenizer(const char *path, tok_tokenizer **out, bl_err *err);
 /* Load a Hugging Face folder (config.json + safetensors, plain or GPTQ) or a
  * .gguf file onto be. Errors name the file and tensor at fault. */
 bl_status model_load(const char *path, const model_load_opts *opts, bk_backend *be, model **out,

@@ -232,13 +232,14 @@ static bl_status load_tokenizer_gguf(const gguf_file *f, tok_tokenizer **out, bl
   const gguf_kv *types = gguf_find_kv(f, "tokenizer.ggml.token_type");
   *out = NULL;
   if (!toks || !toks->strs) return BL_OK; /* a model without a tokenizer: ids only */
-  gguf_str model_name = {0}, pre = {0};
+  gguf_str model_name = {0}, pre = {0}, chat = {0};
   bl_err ignore = {0};
   gguf_get_str(f, "tokenizer.ggml.model", &model_name, &ignore);
   if (!gguf_str_eq(model_name, "gpt2"))
     return bl_fail(err, BL_EUNSUPPORTED, "%s: tokenizer.ggml.model \"%.*s\" is not supported (gpt2 BPE is)",
                    f->path, (int)model_name.len, model_name.ptr ? model_name.ptr : "");
   gguf_get_str(f, "tokenizer.ggml.pre", &pre, &ignore);
+  gguf_get_str(f, "tokenizer.chat_template", &chat, &ignore); /* absent: chat.ptr NULL */
   int32_t n = (int32_t)toks->arr_len, nm = merges && merges->strs ? (int32_t)merges->arr_len : 0;
   const char **tp = malloc((size_t)n * sizeof *tp);
   size_t *tl = malloc((size_t)n * sizeof *tl);
@@ -264,7 +265,8 @@ static bl_status load_tokenizer_gguf(const gguf_file *f, tok_tokenizer **out, bl
     tok_vocab_src src = {.n_tokens = n, .tokens = tp, .token_lens = tl, .token_types = tt,
                          .n_merges = nm, .merges = mp, .merge_lens = ml, .pre = pre_name,
                          .bos_id = bos == UINT32_MAX ? -1 : (int32_t)bos,
-                         .eos_id = eos == UINT32_MAX ? -1 : (int32_t)eos};
+                         .eos_id = eos == UINT32_MAX ? -1 : (int32_t)eos,
+                         .chat_template = chat.ptr, .chat_template_len = chat.len};
     st = tok_build(&src, out, err);
   } else {
     bl_fail(err, st, "%s: out of memory reading the tokenizer", f->path);

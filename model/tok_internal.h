@@ -51,6 +51,7 @@ typedef struct tok_spec {
   bool nfc;
   bool ignore_merges;             /* look a whole piece up in the vocab before merging */
   int32_t unk_id, bos_id, eos_id; /* -1 when absent */
+  tok_str chat_template;          /* Jinja source; s == NULL: none */
 } tok_spec;
 
 /* Byte-level alphabet (GPT-2 bytes_to_unicode): printable bytes stand for

@@ -272,13 +272,18 @@ static int32_t spec_find(const tok_spec *sp, const char *s) {
   return -1;
 }
 
-/* bos_token / eos_token from tokenizer_config.json next to path, if any. */
-static void read_config_ids(const char *path, tok_spec *sp) {
+/* bos_token / eos_token from tokenizer_config.json next to path, if any, and
+ * the chat template where transformers finds it: chat_template.jinja beside
+ * it, else tokenizer_config.json's chat_template (a string, or the "default"
+ * of a list of named ones). *tmpl: a malloc'd copy sp borrows, or NULL. */
+static void read_config_ids(const char *path, tok_spec *sp, char **tmpl) {
   const char *slash = strrchr(path, '/');
   size_t dir = slash ? (size_t)(slash - path) + 1 : 0, len;
   char *cfg_path = malloc(dir + sizeof "tokenizer_config.json");
   if (!cfg_path) return;
   memcpy(cfg_path, path, dir);
+  memcpy(cfg_path + dir, "chat_template.jinja", sizeof "chat_template.jinja");
+  *tmpl = read_file(cfg_path, &len);
   memcpy(cfg_path + dir, "tokenizer_config.json", sizeof "tokenizer_config.json");
   char *text = read_file(cfg_path, &len);
   free(cfg_path);
@@ -291,6 +296,17 @@ static void read_config_ids(const char *path, tok_spec *sp) {
     if (cJSON_IsObject(v)) v = cJSON_GetObjectItemCaseSensitive(v, "content");
     if (cJSON_IsString(v)) *dst[k] = spec_find(sp, v->valuestring);
   }
+  const cJSON *ct = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template"), *named = ct, *e;
+  if (cJSON_IsArray(named)) {
+    ct = NULL;
+    cJSON_ArrayForEach(e, named) {
+      const cJSON *name = cJSON_GetObjectItemCaseSensitive(e, "name");
+      if (cJSON_IsString(name) && !strcmp(name->valuestring, "default"))
+        ct = cJSON_GetObjectItemCaseSensitive(e, "template");
+    }
+  }
+  if (!*tmpl && cJSON_IsString(ct)) *tmpl = strdup(ct->valuestring);
+  if (*tmpl) sp->chat_template = (tok_str){*tmpl, strlen(*tmpl)};
   cJSON_Delete(cfg);
 }
 
@@ -300,6 +316,7 @@ bl_status tok_load_json(const char *path, tok_tokenizer **out, bl_err *err) {
   int32_t *ids = NULL;
   tok_str *voc = NULL, *ml = NULL, *mr = NULL;
   tok_added_spec *add = NULL;
+  char *tmpl = NULL; /* chat template, from read_config_ids */
   cJSON *root = NULL;
   bl_status st;
   size_t len;
@@ -330,10 +347,10 @@ bl_status tok_load_json(const char *path, tok_tokenizer **out, bl_err *err) {
                  unk->valuestring);
     goto done;
   }
-  read_config_ids(path, &sp);
+  read_config_ids(path, &sp, &tmpl);
   st = tok_build_spec(&sp, out, err);
 done:
-  free(text), free(ids), free(voc), free(ml), free(mr), free(add);
+  free(text), free(ids), free(voc), free(ml), free(mr), free(add), free(tmpl);
   cJSON_Delete(root);
   return st;
 }
@@ -462,6 +479,7 @@ bl_status tok_build(const tok_vocab_src *src, tok_tokenizer **out, bl_err *err) 
     mr[r] = (tok_str){sp1 + 1, (size_t)(m + n - sp1 - 1)};
   }
   sp.n_merges = src->n_merges, sp.merge_left = ml, sp.merge_right = mr, sp.added = add;
+  sp.chat_template = (tok_str){src->chat_template, src->chat_template_len};
   st = tok_build_spec(&sp, out, err);
 done:
   free(ids), free(voc), free(ml), free(mr), free(add), free(respelled);

@@ -64,6 +64,7 @@ struct tok_tokenizer {
   uint32_t *nfc_changes; /* sorted code points that NFC alters on their own */
   size_t n_nfc_changes;
   int32_t unk_id, bos_id, eos_id;
+  char *chat_template; /* Jinja source, NUL-terminated; NULL: none */
 };
 
 /* Raw bytes of a symbol string: the inverse byte map when every character is
@@ -404,6 +405,11 @@ bl_status tok_build_spec(const tok_spec *sp, tok_tokenizer **out, bl_err *err) {
   t->n_vocab = maxid + 1;
   t->unk_id = sp->unk_id, t->bos_id = sp->bos_id, t->eos_id = sp->eos_id;
   t->nfc = sp->nfc, t->ignore_merges = sp->ignore_merges;
+  const tok_str *ct = &sp->chat_template;
+  if (ct->s && !(t->chat_template = strndup(ct->s, ct->n))) {
+    st = bl_fail(err, BL_ENOMEM, "%s: out of memory", o);
+    goto fail;
+  }
   if (t->nfc && !(t->nfc_changes = tok_nfc_changing_cps(&t->n_nfc_changes))) {
     st = bl_fail(err, BL_ENOMEM, "%s: out of memory", o);
     goto fail;
@@ -444,6 +450,7 @@ void tok_free(tok_tokenizer *t) {
     pcre2_code_free(t->stages[i].re);
   free(t->flags), free(t->sym_off), free(t->sym), free(t->raw_off), free(t->raw);
   free(t->vmap), free(t->mmap), free(t->wmap), free(t->added), free(t->nfc_changes);
+  free(t->chat_template);
   free(t);
 }
 
@@ -817,3 +824,5 @@ int32_t tok_find(const tok_tokenizer *t, const char *token) {
 bool tok_is_special(const tok_tokenizer *t, int32_t id) {
   return id >= 0 && id < t->n_vocab && (t->flags[id] & TF_SPECIAL);
 }
+
+const char *tok_chat_template(const tok_tokenizer *t) { return t->chat_template; }

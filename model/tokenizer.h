@@ -32,6 +32,9 @@ typedef struct tok_vocab_src {
   const size_t *merge_lens;
   const char *pre; /* tokenizer.ggml.pre: "qwen2", "smollm", "gpt2", ... */
   int32_t bos_id, eos_id; /* -1 when absent */
+  /* tokenizer.chat_template (Jinja source), chat_template_len bytes; NULL: none */
+  const char *chat_template;
+  size_t chat_template_len;
 } tok_vocab_src;
 
 bl_status tok_load_json(const char *path, tok_tokenizer **out, bl_err *err);
@@ -59,6 +62,10 @@ int32_t tok_find(const tok_tokenizer *t, const char *token);
 int32_t tok_eos_id(const tok_tokenizer *t);
 int32_t tok_bos_id(const tok_tokenizer *t);
 bool tok_is_special(const tok_tokenizer *t, int32_t id);
+/* The Jinja chat template the tokenizer came with (chat_template.jinja or
+ * tokenizer_config.json's chat_template beside tokenizer.json, or GGUF
+ * tokenizer.chat_template), NUL-terminated; NULL when none. See chat.h. */
+const char *tok_chat_template(const tok_tokenizer *t);
 
 /* Streaming detokenizer: push ids one at a time, receive only complete UTF-8
  * sequences; flush at the end returns whatever is left (replacing an

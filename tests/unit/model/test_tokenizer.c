@@ -516,7 +516,7 @@ static void check_qwen_gguf(const char *path, const rec *r, size_t n) {
   for (i = 0; i < nt; i++)
     complete &= tokens[i] != NULL, tl[i] = tokens[i] ? strlen(tokens[i]) : 0;
   T_CHECK(complete);
-  tok_vocab_src src = {nt, tokens, tl, types, nm, ms, ml, "qwen2", -1, 151645};
+  tok_vocab_src src = {nt, tokens, tl, types, nm, ms, ml, "qwen2", -1, 151645, NULL, 0};
   tok_tokenizer *t = NULL;
   bl_err err = {0};
   T_CHECKF(complete && tok_build(&src, &t, &err) == BL_OK, "%s", err.msg);

@@ -101,13 +101,13 @@ static void av_prep_q(const bk_weight *w, const float *x, float *xp, float *xs) 
 
 /* ---- matmul: row kernels ---------------------------------------------- */
 
-/* out[t] = sum_k w[k] x[t][k] for NT tokens; U chains per token hide the
- * FMA latency when NT is small. */
+/* out[t] = sum_k w[k] x[t][k] for NT tokens. Every token is summed the same
+ * way whatever NT is (two chains of 8 lanes, alternating every 8 columns),
+ * so a token's result does not depend on the batch it is in. */
 AI void av_row_f16(const uint16_t *wr, const float *x, size_t ldx, int32_t cols, const int NT,
                    float *out) {
-  enum { UMAX = 4 };
-  const int U = NT <= 2 ? 4 : NT <= 6 ? 2 : 1;
-  __m256 acc[CPU_MM_TILE][UMAX];
+  enum { U = 2 };
+  __m256 acc[CPU_MM_TILE][U];
 #pragma GCC unroll 8
   for (int t = 0; t < NT; t++)
 #pragma GCC unroll 4
@@ -190,7 +190,7 @@ AI void av_row_q(bk_wfmt f, const bk_weight *w, int32_t r, const float *x, size_
   const uint8_t *qr =
       (const uint8_t *)w->q + (size_t)r * (size_t)w->cols * (f == BK_WF_W4 ? 4 : 2) / 8;
   const uint16_t *scr = w->scales + (size_t)r * ng;
-  __m256 acc0[CPU_MM_TILE], acc1[CPU_MM_TILE]; /* two chains when NT == 1 */
+  __m256 acc0[CPU_MM_TILE], acc1[CPU_MM_TILE]; /* even and odd blocks, for any NT */
 #pragma GCC unroll 8
   for (int t = 0; t < NT; t++)
     acc0[t] = acc1[t] = _mm256_setzero_ps();
@@ -204,7 +204,7 @@ AI void av_row_q(bk_wfmt f, const bk_weight *w, int32_t r, const float *x, size_
       int32_t b = g * bpg > b0 ? g * bpg : b0, be = (g + 1) * bpg < b1 ? (g + 1) * bpg : b1;
       for (; b + 2 <= be; b += 2) {
         av_block(f, qr, b, x, ldx, sv, NT, acc0);
-        av_block(f, qr, b + 1, x, ldx, sv, NT, NT == 1 ? acc1 : acc0);
+        av_block(f, qr, b + 1, x, ldx, sv, NT, acc1);
       }
       if (b < be) av_block(f, qr, b, x, ldx, sv, NT, acc0);
     }
@@ -266,31 +266,27 @@ AV_ROWS(1)
 AV_ROWS(2)
 AV_ROWS(3)
 AV_ROWS(4)
-AV_ROWS(5)
-AV_ROWS(6)
-AV_ROWS(7)
-AV_ROWS(8)
 
 /* [format][tile width] */
 static const av_rows_fn av_rows[3][CPU_MM_TILE + 1] = {
-    [BK_WF_F16] = {NULL, av_f16_1, av_f16_2, av_f16_3, av_f16_4, av_f16_5, av_f16_6, av_f16_7,
-                   av_f16_8},
-    [BK_WF_W4] = {NULL, av_w4_1, av_w4_2, av_w4_3, av_w4_4, av_w4_5, av_w4_6, av_w4_7, av_w4_8},
-    [BK_WF_W2] = {NULL, av_w2_1, av_w2_2, av_w2_3, av_w2_4, av_w2_5, av_w2_6, av_w2_7, av_w2_8},
+    [BK_WF_F16] = {NULL, av_f16_1, av_f16_2, av_f16_3, av_f16_4},
+    [BK_WF_W4] = {NULL, av_w4_1, av_w4_2, av_w4_3, av_w4_4},
+    [BK_WF_W2] = {NULL, av_w2_1, av_w2_2, av_w2_3, av_w2_4},
 };
 
-/* A tile's x (nt tokens x kc columns) is read once per row; above this
- * size it falls out of L1 and the loads come from L2 at half the rate, so
- * wide tiles walk the columns in chunks of kc over AV_RB rows at a time. */
-#define AV_X_BYTES (16 * 1024)
-#define AV_RB      16
+/* Columns are walked in chunks of AV_KC over AV_RB rows at a time, so a
+ * full tile's x (CPU_MM_TILE tokens x AV_KC floats, 8 KiB) stays in L1 while
+ * the rows stream past. The chunk width is the same for every tile width:
+ * chunk partial sums are added in column order, and a fixed width keeps a
+ * token's rounding independent of its batch (batch invariance). */
+#define AV_KC 512
+#define AV_RB 16
 
 static void av_mm_rows(const cpu_mm *m, int32_t r0, int32_t r1) {
   const bk_weight *w = m->w;
   for (int32_t t0 = 0; t0 < m->n; t0 += CPU_MM_TILE) {
     int nt = m->n - t0 < CPU_MM_TILE ? m->n - t0 : CPU_MM_TILE;
-    int32_t kc = AV_X_BYTES / (int32_t)sizeof(float) / nt / BK_QBLOCK * BK_QBLOCK;
-    if (kc >= w->cols) kc = w->cols;
+    int32_t kc = AV_KC;
     av_rows_fn fn = av_rows[w->fmt][nt];
     for (int32_t rb = r0; rb < r1; rb += AV_RB) {
       int32_t re = rb + AV_RB < r1 ? rb + AV_RB : r1;

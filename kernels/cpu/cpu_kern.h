@@ -13,7 +13,7 @@
 #include "backend.h"
 
 /* Tokens per matmul tile: each weight row is read once per tile. */
-#define CPU_MM_TILE 8
+#define CPU_MM_TILE 4
 /* Cache positions scored at once by attn_block (a stack array of floats). */
 #define CPU_ATTN_RUN 64
 

@@ -251,6 +251,50 @@ static void test_matmul(void) {
   test_matmul_case(BK_WF_W2, 999, 512, 64, 11, false);
 }
 
+/* Batch invariance: a token's matmul result is bitwise the same whatever
+ * batch it is in, wherever it sits in that batch and however many threads
+ * run it. The scheduler's guarantee that a greedy request's output does not
+ * depend on its batch (or on preemption by recompute, which prefills what
+ * was decoded) rests on this. Backends of one ISA must also agree with each
+ * other bitwise across thread counts. */
+static void test_matmul_batch_invariance_case(bk_wfmt f, int rows, int cols, int gs) {
+  enum { N = 13 };
+  tweight t;
+  tw_make(&t, f, rows, cols, gs, false);
+  float *x = fvec((size_t)N * cols, -1, 1);
+  float *yb = malloc((size_t)N * rows * sizeof *yb), *y1 = malloc((size_t)rows * sizeof *y1);
+  float *first = malloc((size_t)N * rows * sizeof *first);
+  for (int b = 0; b < g_nbe; b++) {
+    int bad = 0;
+    for (int n = 1; n <= N; n++) {
+      T_CHECK(g_be[b]->matmul(g_be[b], yb, x, &t.w, n) == BL_OK);
+      for (int i = 0; i < n; i++) {
+        T_CHECK(g_be[b]->matmul(g_be[b], y1, x + (size_t)i * cols, &t.w, 1) == BL_OK);
+        bad += memcmp(y1, yb + (size_t)i * rows, (size_t)rows * sizeof *y1) != 0;
+      }
+    }
+    T_CHECKF(bad == 0, "%s %s rows=%d cols=%d: %d tokens differ from the same token alone",
+             g_label[b], bk_wfmt_name(f), rows, cols, bad);
+    if (b > 0 && strncmp(g_label[b], g_label[b - 1], 4) == 0) /* same ISA, other thread count */
+      T_CHECKF(memcmp(first, yb, (size_t)N * rows * sizeof *yb) == 0,
+               "%s %s: differs from %s", g_label[b], bk_wfmt_name(f), g_label[b - 1]);
+    memcpy(first, yb, (size_t)N * rows * sizeof *yb);
+  }
+  free(x);
+  free(yb);
+  free(y1);
+  free(first);
+  tw_free(&t);
+}
+
+static void test_matmul_batch_invariance(void) {
+  test_matmul_batch_invariance_case(BK_WF_F16, 37, 1100, 0);
+  test_matmul_batch_invariance_case(BK_WF_F16, 300, 2048, 0);
+  test_matmul_batch_invariance_case(BK_WF_W4, 41, 2560, 32);
+  test_matmul_batch_invariance_case(BK_WF_W2, 300, 1536, 64);
+  test_matmul_batch_invariance_case(BK_WF_W2, 29, 1024, 1024);
+}
+
 /* ---- embed ------------------------------------------------------------ */
 
 static void test_embed_case(bk_wfmt f, int rows, int cols, int gs, bool perm, int n) {
@@ -664,6 +708,7 @@ static void test_attention(void) {
 int main(void) {
   make_backends();
   test_matmul();
+  test_matmul_batch_invariance();
   test_embed();
   test_rmsnorm_elementwise();
   test_rope();

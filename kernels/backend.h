@@ -66,17 +66,74 @@ void bk_weight_row_f32(const bk_weight *w, int32_t r, float *out);
 
 /* ---- KV cache --------------------------------------------------------- */
 
-typedef enum bk_kvfmt { BK_KV_F16 = 0 } bk_kvfmt;
+/* Element formats of the paged KV cache. Encodings, rounding and the rules
+ * that derive scales from the data live in kvcache/kv_format.h, which every
+ * backend includes (one copy of each rule). */
+typedef enum bk_kvfmt {
+  BK_KV_F16 = 0,   /* fp16 values */
+  BK_KV_FP8 = 1,   /* E4M3 values (max 448, saturating) with scales: bk_kvscale */
+  BK_KV_NVFP4 = 2, /* E2M1 values, two per byte; an E4M3 scale per 16; an fp32 scale per tensor */
+} bk_kvfmt;
+
+/* How fp8 values are scaled (the other formats ignore it). */
+typedef enum bk_kvscale {
+  BK_KVS_HEAD = 0,   /* one power-of-two (E8M0) scale per (token, kv head), in the block */
+  BK_KVS_TENSOR = 1, /* one fp32 scale per (layer, K or V), calibrated by the first kv_write */
+} bk_kvscale;
 
 /* Paged KV storage for all layers of one model on one device. Per layer,
- * k[l] and v[l] are [n_blocks][n_kv_heads][block_size][head_dim] elements of
- * fmt. A cache slot is block * block_size + offset. kvcache/ owns the block
- * bookkeeping; the backend only reads and writes slots. */
+ * k[l] and v[l] are [n_blocks][n_kv_heads] units; a unit holds block_size
+ * value rows ([block_size][bk_kv_row_bytes]) followed by block_size scale
+ * rows ([block_size][bk_kv_scale_bytes]). A cache slot is block *
+ * block_size + offset. Per token and kv head (x = the stored value):
+ *   F16:          row = fp16 [head_dim]; no scales.
+ *   FP8 HEAD:     row = E4M3 [head_dim]; scale = one E8M0 byte b;
+ *                 x = e4m3 * 2^(b - 127).
+ *   FP8 TENSOR:   row = E4M3 [head_dim]; no scale rows; x = e4m3 * ts.
+ *   NVFP4:        row = [head_dim / 2] bytes, element 2i in the low nibble of
+ *                 byte i, 2i+1 in the high; scales = E4M3 [head_dim / 16];
+ *                 x = e2m1 * e4m3(scale[i / 16]) * ts. head_dim % 16 == 0.
+ * ts = tensor_scales[2 * layer] for K, [2 * layer + 1] for V: device fp32
+ * [n_layers][2] for FP8 TENSOR and NVFP4 (NULL otherwise), zeroed at
+ * creation; 0 means "not calibrated" and the layer's first kv_write sets it
+ * from the data it writes (kv_format.h), after which it stays fixed.
+ * kvcache/ owns the block bookkeeping; the backend only reads and writes slots. */
 typedef struct bk_kv_cache {
   bk_kvfmt fmt;
+  bk_kvscale scaling; /* FP8 only */
   int32_t n_layers, n_blocks, block_size, n_kv_heads, head_dim;
-  void **k, **v; /* host arrays [n_layers] of device pointers */
+  void **k, **v;        /* host arrays [n_layers] of device pointers */
+  float *tensor_scales; /* device fp32 [n_layers][2], or NULL (see above) */
 } bk_kv_cache;
+
+/* Bytes of one token's values for one kv head. */
+static inline size_t bk_kv_row_bytes(bk_kvfmt f, int32_t head_dim) {
+  return f == BK_KV_F16 ? 2 * (size_t)head_dim
+         : f == BK_KV_FP8 ? (size_t)head_dim
+                          : (size_t)head_dim / 2;
+}
+
+/* Bytes of one token's scales for one kv head. */
+static inline size_t bk_kv_scale_bytes(bk_kvfmt f, bk_kvscale s, int32_t head_dim) {
+  return f == BK_KV_FP8 ? (s == BK_KVS_HEAD ? 1 : 0) : f == BK_KV_NVFP4 ? (size_t)head_dim / 16 : 0;
+}
+
+/* Does the format keep fp32 tensor scales (kv->tensor_scales)? */
+static inline bool bk_kv_tensor_scaled(bk_kvfmt f, bk_kvscale s) {
+  return f == BK_KV_NVFP4 || (f == BK_KV_FP8 && s == BK_KVS_TENSOR);
+}
+
+/* Bytes of one (block, kv head) unit. */
+static inline size_t bk_kv_unit_bytes(const bk_kv_cache *kv) {
+  return (size_t)kv->block_size * (bk_kv_row_bytes(kv->fmt, kv->head_dim) +
+                                   bk_kv_scale_bytes(kv->fmt, kv->scaling, kv->head_dim));
+}
+
+/* Can a cache of this format hold heads of this size? */
+static inline bool bk_kv_geometry_ok(bk_kvfmt f, int32_t head_dim) {
+  return head_dim > 0 &&
+         (f == BK_KV_F16 || f == BK_KV_FP8 || (f == BK_KV_NVFP4 && head_dim % 16 == 0));
+}
 
 /* Which cache positions each token of a step attends to. Token t belongs to
  * sequence tok_seq[t] at position tok_pos[t] and attends to positions
@@ -144,12 +201,16 @@ struct bk_backend {
   bl_status (*silu_mul)(bk_backend *be, float *out, const float *gate, const float *up, size_t n);
   /* x[i] += y[i]. */
   bl_status (*add)(bk_backend *be, float *x, const float *y, size_t n);
-  /* Store k[n][n_kv_heads*head_dim], v[n][...] of layer at cache slots[n]. */
+  /* Store k[n][n_kv_heads*head_dim], v[n][...] of layer at cache slots[n],
+   * encoded in kv->fmt (first calibrating the layer's tensor scales where
+   * the format has them and they are still 0). BL_EINVAL: a format or
+   * head_dim the backend cannot hold (bk_kv_geometry_ok). */
   bl_status (*kv_write)(bk_backend *be, const bk_kv_cache *kv, int32_t layer, const float *k,
                         const float *v, const int32_t *slots, int32_t n);
   /* out[n][n_heads*head_dim] = softmax(q k^T / sqrt(head_dim)) v over the
-   * positions bk_attn_batch names, GQA by head index / (n_heads/n_kv_heads).
-   * out must not alias q. */
+   * positions bk_attn_batch names, GQA by head index / (n_heads/n_kv_heads),
+   * decoding kv->fmt inside the op (no dequantized copy of the cache). out
+   * must not alias q. */
   bl_status (*attention)(bk_backend *be, float *out, const float *q, const bk_kv_cache *kv,
                          int32_t layer, const bk_attn_batch *b, const bk_heads *h);
 };

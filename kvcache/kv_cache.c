@@ -1,50 +1,76 @@
 /* Block allocator and per-sequence block tables over the backend's paged
- * KV storage. Invariant: a block is on the free stack iff its ref count is 0. */
+ * KV storage (any bk_kvfmt; sizes from kv_format.h). Invariant: a block is
+ * on the free stack iff its ref count is 0. */
 #include "kv_cache.h"
+#include "kv_format.h"
 
 #include <stdlib.h>
 
-static int32_t kv_elem_bytes(bk_kvfmt fmt) {
-  (void)fmt; /* fp16 only so far */
-  return 2;
+uint64_t kv_block_bytes(bk_kvfmt fmt, bk_kvscale scaling, int32_t n_layers, int32_t n_kv_heads,
+                        int32_t head_dim, int32_t block_size) {
+  return kv_token_bytes(fmt, scaling, n_layers, n_kv_heads, head_dim) * (uint64_t)block_size;
 }
 
-uint64_t kv_block_bytes(bk_kvfmt fmt, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
-                        int32_t block_size) {
-  return 2ull * (uint64_t)n_layers * (uint64_t)n_kv_heads * (uint64_t)head_dim *
-         (uint64_t)block_size * (uint64_t)kv_elem_bytes(fmt);
+bl_status kv_pool_init_cfg(kv_pool *p, bk_backend *be, const kv_pool_cfg *cfg, bl_err *err) {
+  *p = (kv_pool){.be = be};
+  if (cfg->n_blocks <= 0 || cfg->block_size <= 0 || cfg->n_layers <= 0 || cfg->n_kv_heads <= 0)
+    return bl_fail(err, BL_EINVAL,
+                   "kv cache: need at least one block, layer and head (n_blocks %d, block_size "
+                   "%d, layers %d, kv heads %d)",
+                   cfg->n_blocks, cfg->block_size, cfg->n_layers, cfg->n_kv_heads);
+  if (!bk_kv_geometry_ok(cfg->fmt, cfg->head_dim))
+    return bl_fail(err, BL_EINVAL, "kv cache: format %s cannot hold head_dim %d%s",
+                   kv_fmt_name(cfg->fmt), cfg->head_dim,
+                   cfg->fmt == BK_KV_NVFP4 ? " (nvfp4 needs a multiple of 16)" : "");
+  bk_kv_cache *d = &p->dev;
+  *d = (bk_kv_cache){.fmt = cfg->fmt,
+                     .scaling = cfg->fmt == BK_KV_FP8 ? cfg->scaling : BK_KVS_HEAD,
+                     .n_layers = cfg->n_layers,
+                     .n_blocks = cfg->n_blocks,
+                     .block_size = cfg->block_size,
+                     .n_kv_heads = cfg->n_kv_heads,
+                     .head_dim = cfg->head_dim};
+  size_t layer_bytes = (size_t)cfg->n_blocks * (size_t)cfg->n_kv_heads * bk_kv_unit_bytes(d);
+  size_t ts_bytes = 2 * (size_t)cfg->n_layers * sizeof(float);
+  d->k = calloc((size_t)cfg->n_layers, sizeof *d->k);
+  d->v = calloc((size_t)cfg->n_layers, sizeof *d->v);
+  p->free_ids = malloc((size_t)cfg->n_blocks * sizeof *p->free_ids);
+  p->refs = calloc((size_t)cfg->n_blocks, sizeof *p->refs);
+  if (!d->k || !d->v || !p->free_ids || !p->refs) goto oom;
+  for (int32_t l = 0; l < cfg->n_layers; l++) {
+    d->k[l] = be->alloc(be, layer_bytes);
+    d->v[l] = be->alloc(be, layer_bytes);
+    if (!d->k[l] || !d->v[l]) goto oom;
+  }
+  if (bk_kv_tensor_scaled(d->fmt, d->scaling)) {
+    if (!(d->tensor_scales = be->alloc(be, ts_bytes))) goto oom;
+    if (be->memset0(be, d->tensor_scales, ts_bytes) != BL_OK) {
+      kv_pool_destroy(p);
+      return bl_fail(err, BL_EDEVICE, "kv cache: cannot clear the tensor scales on %s", be->name);
+    }
+  }
+  /* Lowest ids on top of the stack: allocation order is predictable. */
+  for (int32_t i = 0; i < cfg->n_blocks; i++)
+    p->free_ids[i] = cfg->n_blocks - 1 - i;
+  p->n_free = cfg->n_blocks;
+  return BL_OK;
+oom:
+  kv_pool_destroy(p);
+  return bl_fail(err, BL_ENOMEM, "kv cache: cannot allocate %d %s blocks of %d tokens on %s",
+                 cfg->n_blocks, kv_fmt_name(cfg->fmt), cfg->block_size, be->name);
 }
 
 bl_status kv_pool_init(kv_pool *p, bk_backend *be, bk_kvfmt fmt, int32_t n_layers,
                        int32_t n_kv_heads, int32_t head_dim, int32_t block_size, int32_t n_blocks,
                        bl_err *err) {
-  *p = (kv_pool){.be = be};
-  if (n_blocks <= 0 || block_size <= 0)
-    return bl_fail(err, BL_EINVAL, "kv cache: need at least one block (n_blocks %d, block_size %d)",
-                   n_blocks, block_size);
-  bk_kv_cache *d = &p->dev;
-  *d = (bk_kv_cache){.fmt = fmt, .n_layers = n_layers, .n_blocks = n_blocks,
-                     .block_size = block_size, .n_kv_heads = n_kv_heads, .head_dim = head_dim};
-  size_t layer_bytes =
-      (size_t)n_blocks * (size_t)n_kv_heads * (size_t)block_size * (size_t)head_dim * (size_t)kv_elem_bytes(fmt);
-  d->k = calloc((size_t)n_layers, sizeof *d->k);
-  d->v = calloc((size_t)n_layers, sizeof *d->v);
-  p->free_ids = malloc((size_t)n_blocks * sizeof *p->free_ids);
-  p->refs = calloc((size_t)n_blocks, sizeof *p->refs);
-  if (!d->k || !d->v || !p->free_ids || !p->refs) goto oom;
-  for (int32_t l = 0; l < n_layers; l++) {
-    d->k[l] = be->alloc(be, layer_bytes);
-    d->v[l] = be->alloc(be, layer_bytes);
-    if (!d->k[l] || !d->v[l]) goto oom;
-  }
-  /* Lowest ids on top of the stack: allocation order is predictable. */
-  for (int32_t i = 0; i < n_blocks; i++) p->free_ids[i] = n_blocks - 1 - i;
-  p->n_free = n_blocks;
-  return BL_OK;
-oom:
-  kv_pool_destroy(p);
-  return bl_fail(err, BL_ENOMEM, "kv cache: cannot allocate %d blocks of %d tokens on %s",
-                 n_blocks, block_size, be->name);
+  kv_pool_cfg cfg = {.fmt = fmt,
+                     .scaling = BK_KVS_HEAD,
+                     .n_layers = n_layers,
+                     .n_kv_heads = n_kv_heads,
+                     .head_dim = head_dim,
+                     .block_size = block_size,
+                     .n_blocks = n_blocks};
+  return kv_pool_init_cfg(p, be, &cfg, err);
 }
 
 void kv_pool_destroy(kv_pool *p) {
@@ -53,6 +79,7 @@ void kv_pool_destroy(kv_pool *p) {
     if (d->k[l]) p->be->free(p->be, d->k[l]);
     if (d->v && d->v[l]) p->be->free(p->be, d->v[l]);
   }
+  if (d->tensor_scales) p->be->free(p->be, d->tensor_scales);
   free(d->k);
   free(d->v);
   free(p->free_ids);

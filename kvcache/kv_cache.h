@@ -26,10 +26,23 @@ typedef struct kv_seq {
   int32_t n_blocks, cap;
 } kv_seq;
 
-/* Bytes of device memory one block takes over all layers (K and V). */
-uint64_t kv_block_bytes(bk_kvfmt fmt, int32_t n_layers, int32_t n_kv_heads, int32_t head_dim,
-                        int32_t block_size);
+/* Bytes of device memory one block takes over all layers (K and V, values
+ * and per-token scales; layout in backend.h). */
+uint64_t kv_block_bytes(bk_kvfmt fmt, bk_kvscale scaling, int32_t n_layers, int32_t n_kv_heads,
+                        int32_t head_dim, int32_t block_size);
 
+/* A pool's geometry and format. */
+typedef struct kv_pool_cfg {
+  bk_kvfmt fmt;
+  bk_kvscale scaling; /* fp8: BK_KVS_HEAD (the default, 0) or BK_KVS_TENSOR */
+  int32_t n_layers, n_kv_heads, head_dim, block_size, n_blocks;
+} kv_pool_cfg;
+
+/* Allocate the storage (values, scales, zeroed tensor scales) and the free
+ * list. BL_EINVAL for a format that cannot hold head_dim (nvfp4 needs a
+ * multiple of 16). */
+bl_status kv_pool_init_cfg(kv_pool *p, bk_backend *be, const kv_pool_cfg *cfg, bl_err *err);
+/* kv_pool_init_cfg with fp8 scaling per head. */
 bl_status kv_pool_init(kv_pool *p, bk_backend *be, bk_kvfmt fmt, int32_t n_layers,
                        int32_t n_kv_heads, int32_t head_dim, int32_t block_size, int32_t n_blocks,
                        bl_err *err);

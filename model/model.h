@@ -109,6 +109,8 @@ bl_status model_load(const char *path, const model_load_opts *opts, bk_backend *
  * "qwen3-32b", "smollm2-135m". */
 bl_status model_synthetic(const char *name, model_prec prec, int32_t group_size, bk_backend *be,
                           model **out, bl_err *err);
+/* The config of a synthetic name alone (no weights), for sizing. */
+bl_status model_synthetic_config(const char *name, model_config *out, bl_err *err);
 
 void model_free(model *m);
 

@@ -77,25 +77,32 @@ static bl_status synth_vec(model *m, int32_t n, float **dev, bl_err *err) {
   return st ? bl_fail(err, st, "synthetic: cannot place a norm on %s", m->be->name) : BL_OK;
 }
 
-bl_status model_synthetic(const char *name, model_prec prec, int32_t group_size, bk_backend *be,
-                          model **out, bl_err *err) {
+bl_status model_synthetic_config(const char *name, model_config *c, bl_err *err) {
   const synth_shape *sh = NULL;
   for (size_t i = 0; i < sizeof k_shapes / sizeof *k_shapes; i++)
     if (strcmp(k_shapes[i].name, name) == 0) sh = &k_shapes[i];
-  *out = NULL;
   if (!sh) return bl_fail(err, BL_EINVAL, "unknown synthetic model \"%s\" (qwen3-0.6b ... qwen3-32b, smollm2-135m)", name);
-  char path[64];
-  snprintf(path, sizeof path, "synthetic:%s", name);
-  model *m = NULL;
-  bl_status st = model_new(path, be, &m, err);
-  if (st) return st;
-  model_config *c = &m->cfg;
   *c = (model_config){.arch = strncmp(name, "qwen3", 5) == 0 ? MODEL_ARCH_QWEN3 : MODEL_ARCH_LLAMA,
                       .n_layers = sh->layers, .hidden = sh->hidden, .intermediate = sh->inter,
                       .n_heads = sh->heads, .n_kv_heads = sh->kv_heads, .head_dim = sh->head_dim,
                       .vocab = sh->vocab, .max_ctx = 32768, .rope_theta = sh->theta,
                       .norm_eps = 1e-6f, .tied = sh->tied, .bos_id = -1};
   c->qk_norm = c->arch == MODEL_ARCH_QWEN3;
+  return BL_OK;
+}
+
+bl_status model_synthetic(const char *name, model_prec prec, int32_t group_size, bk_backend *be,
+                          model **out, bl_err *err) {
+  model_config cfg;
+  *out = NULL;
+  bl_status st = model_synthetic_config(name, &cfg, err);
+  if (st) return st;
+  char path[64];
+  snprintf(path, sizeof path, "synthetic:%s", name);
+  model *m = NULL;
+  if ((st = model_new(path, be, &m, err))) return st;
+  model_config *c = &m->cfg;
+  *c = cfg;
   m->prec = prec == MODEL_PREC_AUTO ? MODEL_PREC_FP16 : prec;
   bk_wfmt fmt = m->prec == MODEL_PREC_W4 ? BK_WF_W4 : m->prec == MODEL_PREC_W2 ? BK_WF_W2 : BK_WF_F16;
   m->group_size = fmt == BK_WF_F16 ? 0 : (group_size ? group_size : 128);

@@ -14,6 +14,7 @@ static const subcmd k_cmds[] = {
     {"generate", cmd_generate, "generate text offline from a model"},
     {"bench", cmd_bench, "decode tokens/s per precision and batch size"},
     {"quantize", cmd_quantize, "write a GPTQ-format 2/4-bit copy of a model"},
+    {"kv-capacity", cmd_kv_capacity, "concurrent sequences per KV format in a memory budget"},
     {"tokenize", cmd_tokenize, "encode JSON strings to ids, or decode ids (one per line)"},
 };
 

@@ -6,6 +6,7 @@
 int cmd_generate(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_kv_capacity(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 
 #endif

@@ -5,12 +5,19 @@
 #include <string.h>
 
 bl_status runner_init(runner *r, model *m, int32_t n_seq, int32_t max_ctx, bl_err *err) {
+  return runner_init_kv(r, m, n_seq, max_ctx, BK_KV_F16, BK_KVS_HEAD, err);
+}
+
+bl_status runner_init_kv(runner *r, model *m, int32_t n_seq, int32_t max_ctx, bk_kvfmt fmt,
+                         bk_kvscale scaling, bl_err *err) {
   *r = (runner){.m = m, .n_seq = n_seq, .chunk = 256};
   const int32_t bs = 16;
   r->max_blocks = (max_ctx + bs - 1) / bs;
   const model_config *c = &m->cfg;
-  bl_status st = kv_pool_init(&r->kv, m->be, BK_KV_F16, c->n_layers, c->n_kv_heads, c->head_dim,
-                              bs, n_seq * r->max_blocks, err);
+  kv_pool_cfg kc = {.fmt = fmt, .scaling = scaling, .n_layers = c->n_layers,
+                    .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim, .block_size = bs,
+                    .n_blocks = n_seq * r->max_blocks};
+  bl_status st = kv_pool_init_cfg(&r->kv, m->be, &kc, err);
   if (st) return st;
   int32_t w = r->chunk > n_seq ? r->chunk : n_seq;
   r->seqs = calloc((size_t)n_seq, sizeof *r->seqs);

@@ -18,8 +18,11 @@ typedef struct runner {
   int32_t *ids, *pos, *seq, *slots, *out; /* step arrays [max(chunk, n_seq)] */
 } runner;
 
-/* Room for n_seq sequences of up to max_ctx tokens each. */
+/* Room for n_seq sequences of up to max_ctx tokens each, fp16 KV cache. */
 bl_status runner_init(runner *r, model *m, int32_t n_seq, int32_t max_ctx, bl_err *err);
+/* The same with the KV cache in fmt (fp8: scaled per head or per tensor). */
+bl_status runner_init_kv(runner *r, model *m, int32_t n_seq, int32_t max_ctx, bk_kvfmt fmt,
+                         bk_kvscale scaling, bl_err *err);
 void runner_free(runner *r);
 /* Append n prompt tokens to sequence s; logits of the last one to out [vocab]
  * (out may be NULL). */

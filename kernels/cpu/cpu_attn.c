@@ -1,13 +1,16 @@
-/* Attention-side ops on the CPU: per-head q/k RMSNorm + RoPE, writing K/V
- * into the paged fp16 cache, and attention over it.
+/* Attention-side ops on the CPU: per-head q/k RMSNorm + RoPE, and attention
+ * over the paged KV cache (kv_write is in cpu_kv.c).
  *
- * Cache layout (backend.h): per layer [n_blocks][n_kv_heads][block_size]
- * [head_dim] fp16; slot = block * block_size + offset. Attention runs one
+ * Cache layout (backend.h): per layer [n_blocks][n_kv_heads] units of
+ * block_size rows; slot = block * block_size + offset. Attention runs one
  * (token, head) pair per work item with an online softmax in float32, one
  * cache block at a time (cpu_kern.attn_block: scores for a run of
  * positions, one rescale of the running output if the maximum grew, then
- * the V accumulation). The output row itself is the accumulator (q is
- * copied first, so out may be q). */
+ * the V accumulation). fp16 blocks are read in place; fp8 and nvfp4 blocks
+ * are first decoded into per-thread float32 scratch (cpu_kv_dequant_rows,
+ * at most block_size rows of K and of V) and go through attn_block_f32, so
+ * the online softmax is the same code for every format. The output row
+ * itself is the accumulator (q is copied first, so out may be q). */
 #include <math.h>
 #include <stdatomic.h>
 
@@ -105,68 +108,19 @@ bl_status cpu_qk_norm_rope(bk_backend *be, float *q, float *k, const float *q_no
   return BL_OK;
 }
 
-/* ---- kv_write --------------------------------------------------------- */
-
-typedef struct cpu_kvw_job {
-  const cpu_kern *k;
-  const bk_kv_cache *kv;
-  uint16_t *kc, *vc;    /* this layer's cache */
-  const float *kx, *vx; /* [n][n_kv_heads*hd] */
-  const int32_t *slots; /* [n]; negative: skip the token */
-  _Atomic int bad;      /* a slot past the cache */
-} cpu_kvw_job;
-
-static void cpu_kvw_run(void *arg, int64_t t0, int64_t t1, int tid) {
-  cpu_kvw_job *j = arg;
-  const bk_kv_cache *kv = j->kv;
-  size_t hd = (size_t)kv->head_dim, row = (size_t)kv->n_kv_heads * hd;
-  for (int64_t t = t0; t < t1; t++) {
-    int32_t slot = j->slots[t];
-    if (slot < 0) continue;
-    if (slot / kv->block_size >= kv->n_blocks) {
-      atomic_store(&j->bad, 1);
-      continue;
-    }
-    size_t blk = (size_t)(slot / kv->block_size), off = (size_t)(slot % kv->block_size);
-    for (int32_t kh = 0; kh < kv->n_kv_heads; kh++) {
-      size_t dst =
-          ((blk * (size_t)kv->n_kv_heads + (size_t)kh) * (size_t)kv->block_size + off) * hd;
-      j->k->to_f16(j->kc + dst, j->kx + (size_t)t * row + (size_t)kh * hd, kv->head_dim);
-      j->k->to_f16(j->vc + dst, j->vx + (size_t)t * row + (size_t)kh * hd, kv->head_dim);
-    }
-  }
-}
-
-bl_status cpu_kv_write(bk_backend *be, const bk_kv_cache *kv, int32_t layer, const float *k,
-                       const float *v, const int32_t *slots, int32_t n) {
-  cpu_ctx *c = be->ctx;
-  cpu_kvw_job j = {.k = c->k,
-                   .kv = kv,
-                   .kc = kv->k[layer],
-                   .vc = kv->v[layer],
-                   .kx = k,
-                   .vx = v,
-                   .slots = slots};
-  cpu_pool_for(c->pool, n, cpu_grain(2 * (int64_t)kv->n_kv_heads * kv->head_dim), cpu_kvw_run, &j);
-  if (atomic_load(&j.bad)) {
-    bl_log(BL_LOG_ERROR, "cpu: kv_write: a slot is past the cache's %d blocks of %d",
-           (int)kv->n_blocks, (int)kv->block_size);
-    return BL_EDEVICE;
-  }
-  return BL_OK;
-}
-
 /* ---- attention -------------------------------------------------------- */
 
 typedef struct cpu_attn_job {
   const cpu_kern *k;
-  float *out;              /* [n_tok][n_heads*hd] */
-  const float *q;          /* [n_tok][n_heads*hd] */
-  const uint16_t *kc, *vc; /* this layer's cache */
+  float *out;             /* [n_tok][n_heads*hd] */
+  const float *q;         /* [n_tok][n_heads*hd] */
+  const uint8_t *kc, *vc; /* this layer's cache */
   const bk_kv_cache *kv;
   const bk_attn_batch *b;
   const bk_heads *h;
-  float *tmp; /* [n_threads][stride]: q of the current head, pre-scaled */
+  float ts_k, ts_v; /* the layer's tensor scales (formats that have them) */
+  float *tmp;       /* [n_threads][stride]: q of the current head, pre-scaled [hd];
+                       quantized formats: then K and V decoded [block_size][hd] each */
   size_t stride;
   _Atomic int bad; /* a sequence, position or block id was out of range */
 } cpu_attn_job;
@@ -188,13 +142,22 @@ static bool cpu_attn_one(cpu_attn_job *j, int32_t t, int32_t hh, float *qs) {
   int32_t seq = b->tok_seq[t], npos = b->tok_pos[t] + 1;
   if (seq < 0 || seq >= b->n_seq || npos < 1 || npos > b->max_blocks * bs) return false;
   const int32_t *bt = b->block_tables + (size_t)seq * b->max_blocks;
+  size_t ub = bk_kv_unit_bytes(kv);
+  float *kf = qs + hd, *vf = kf + (size_t)bs * hd; /* quantized formats only */
   float m = -INFINITY, l = 0;
   for (int32_t p0 = 0; p0 < npos; p0 += bs) {
     int32_t blk = bt[p0 / bs];
     if (blk < 0 || blk >= kv->n_blocks) return false;
-    size_t base = ((size_t)blk * kv->n_kv_heads + kvh) * (size_t)bs * hd;
+    size_t base = ((size_t)blk * kv->n_kv_heads + kvh) * ub;
     int32_t cnt = npos - p0 < bs ? npos - p0 : bs;
-    j->k->attn_block(qs, j->kc + base, j->vc + base, cnt, hd, o, &m, &l);
+    if (kv->fmt == BK_KV_F16) {
+      j->k->attn_block(qs, (const uint16_t *)(const void *)(j->kc + base),
+                       (const uint16_t *)(const void *)(j->vc + base), cnt, hd, o, &m, &l);
+      continue;
+    }
+    cpu_kv_dequant_rows(kv, j->kc + base, cnt, j->ts_k, kf);
+    cpu_kv_dequant_rows(kv, j->vc + base, cnt, j->ts_v, vf);
+    j->k->attn_block_f32(qs, kf, vf, cnt, hd, o, &m, &l);
   }
   j->k->scale(o, 1.0f / l, hd);
   return true;
@@ -212,6 +175,12 @@ static void cpu_attn_run(void *arg, int64_t i0, int64_t i1, int tid) {
 bl_status cpu_attention(bk_backend *be, float *out, const float *q, const bk_kv_cache *kv,
                         int32_t layer, const bk_attn_batch *b, const bk_heads *h) {
   cpu_ctx *c = be->ctx;
+  if (!bk_kv_geometry_ok(kv->fmt, h->head_dim) || h->head_dim != kv->head_dim) {
+    bl_log(BL_LOG_ERROR, "cpu: attention: KV format %d cannot hold head_dim %d (cache: %d)",
+           (int)kv->fmt, (int)h->head_dim, (int)kv->head_dim);
+    return BL_EINVAL;
+  }
+  size_t decoded = kv->fmt == BK_KV_F16 ? 0 : 2 * (size_t)kv->block_size * (size_t)h->head_dim;
   cpu_attn_job j = {.k = c->k,
                     .out = out,
                     .q = q,
@@ -220,7 +189,11 @@ bl_status cpu_attention(bk_backend *be, float *out, const float *q, const bk_kv_
                     .kv = kv,
                     .b = b,
                     .h = h,
-                    .stride = cpu_thr_stride((size_t)h->head_dim)};
+                    .stride = cpu_thr_stride((size_t)h->head_dim + decoded)};
+  if (bk_kv_tensor_scaled(kv->fmt, kv->scaling)) {
+    j.ts_k = kv->tensor_scales[2 * (size_t)layer];
+    j.ts_v = kv->tensor_scales[2 * (size_t)layer + 1];
+  }
   size_t bytes = (size_t)c->n_threads * j.stride * sizeof(float);
   if (!(j.tmp = cpu_buf_get(&c->thr, bytes))) return cpu_op_oom("attention", bytes);
   int64_t npos = 0; /* sizes the chunks: work per item is about 4 * hd * positions */

@@ -14,6 +14,7 @@
  * L1-sized chunks (av_mm_rows) so x is not re-read from L2 for every row. */
 #include <immintrin.h>
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "cpu_kern.h"
@@ -322,56 +323,71 @@ AI __m256 av_exp(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
 }
 
-AI float av_dot_f16(const float *x, const uint16_t *h, int32_t n) {
+/* Cache rows are fp16 (f32 false) or float32 (f32 true, the decoded
+ * quantized formats); always_inline with a constant flag gives one loop per
+ * element type. */
+AI __m256 av_load_kv(const void *p, int32_t i, bool f32) {
+  return f32 ? _mm256_loadu_ps((const float *)p + i) : av_load_f16((const uint16_t *)p + i);
+}
+
+AI float av_kv_elem(const void *p, int32_t i, bool f32) {
+  return f32 ? ((const float *)p)[i] : _cvtsh_ss(((const uint16_t *)p)[i]);
+}
+
+AI const void *av_kv_row(const void *p, size_t row, bool f32) {
+  return f32 ? (const void *)((const float *)p + row) : (const void *)((const uint16_t *)p + row);
+}
+
+AI float av_dot_kv(const float *x, const void *h, int32_t n, bool f32) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   int32_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), av_load_f16(h + i), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), av_load_f16(h + i + 8), a1);
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), av_load_kv(h, i, f32), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), av_load_kv(h, i + 8, f32), a1);
   }
   for (; i + 8 <= n; i += 8)
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), av_load_f16(h + i), a0);
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), av_load_kv(h, i, f32), a0);
   float s = av_hsum(_mm256_add_ps(a0, a1));
   for (; i < n; i++)
-    s += x[i] * _cvtsh_ss(h[i]);
+    s += x[i] * av_kv_elem(h, i, f32);
   return s;
 }
 
 /* y[i] += a * h[i]. */
-AI void av_axpy_f16(float *y, float a, const uint16_t *h, int32_t n) {
+AI void av_axpy_kv(float *y, float a, const void *h, int32_t n, bool f32) {
   __m256 av = _mm256_set1_ps(a);
   int32_t i = 0;
   for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, av_load_f16(h + i), _mm256_loadu_ps(y + i)));
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, av_load_kv(h, i, f32), _mm256_loadu_ps(y + i)));
   for (; i < n; i++)
-    y[i] += a * _cvtsh_ss(h[i]);
+    y[i] += a * av_kv_elem(h, i, f32);
 }
 
 /* y[i] += a * h[i] + b * g[i]: two cache rows per pass over y. */
-AI void av_axpy2_f16(float *y, float a, const uint16_t *h, float b, const uint16_t *g, int32_t n) {
+AI void av_axpy2_kv(float *y, float a, const void *h, float b, const void *g, int32_t n, bool f32) {
   __m256 av = _mm256_set1_ps(a), bv = _mm256_set1_ps(b);
   int32_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    __m256 t = _mm256_fmadd_ps(av, av_load_f16(h + i), _mm256_loadu_ps(y + i));
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(bv, av_load_f16(g + i), t));
+    __m256 t = _mm256_fmadd_ps(av, av_load_kv(h, i, f32), _mm256_loadu_ps(y + i));
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(bv, av_load_kv(g, i, f32), t));
   }
   for (; i < n; i++)
-    y[i] += a * _cvtsh_ss(h[i]) + b * _cvtsh_ss(g[i]);
+    y[i] += a * av_kv_elem(h, i, f32) + b * av_kv_elem(g, i, f32);
 }
 
 static void av_scale(float *y, float a, int32_t n);
 
 /* Scores for a run of positions, one rescale if the maximum grew, exps 8
  * at a time, then V two rows per pass. */
-static void av_attn_block(const float *qs, const uint16_t *kb, const uint16_t *vb, int32_t cnt,
-                          int32_t hd, float *o, float *m, float *l) {
+AI void av_attn_block_kv(const float *qs, const void *kb, const void *vb, int32_t cnt, int32_t hd,
+                         float *o, float *m, float *l, bool f32) {
   float s[CPU_ATTN_RUN];
   for (int32_t c0 = 0; c0 < cnt; c0 += CPU_ATTN_RUN) {
     int32_t cc = cnt - c0 < CPU_ATTN_RUN ? cnt - c0 : CPU_ATTN_RUN;
-    const uint16_t *k = kb + (size_t)c0 * hd, *v = vb + (size_t)c0 * hd;
+    const void *k = av_kv_row(kb, (size_t)c0 * hd, f32), *v = av_kv_row(vb, (size_t)c0 * hd, f32);
     float mx = -INFINITY;
     for (int32_t i = 0; i < cc; i++) {
-      s[i] = av_dot_f16(qs, k + (size_t)i * hd, hd);
+      s[i] = av_dot_kv(qs, av_kv_row(k, (size_t)i * hd, f32), hd, f32);
       mx = s[i] > mx ? s[i] : mx;
     }
     if (mx > *m) {
@@ -392,9 +408,20 @@ static void av_attn_block(const float *qs, const uint16_t *kb, const uint16_t *v
       ls += s[i] = expf(s[i] - *m);
     *l += ls;
     for (i = 0; i + 1 < cc; i += 2)
-      av_axpy2_f16(o, s[i], v + (size_t)i * hd, s[i + 1], v + (size_t)(i + 1) * hd, hd);
-    if (i < cc) av_axpy_f16(o, s[i], v + (size_t)i * hd, hd);
+      av_axpy2_kv(o, s[i], av_kv_row(v, (size_t)i * hd, f32), s[i + 1],
+                  av_kv_row(v, (size_t)(i + 1) * hd, f32), hd, f32);
+    if (i < cc) av_axpy_kv(o, s[i], av_kv_row(v, (size_t)i * hd, f32), hd, f32);
   }
+}
+
+static void av_attn_block(const float *qs, const uint16_t *kb, const uint16_t *vb, int32_t cnt,
+                          int32_t hd, float *o, float *m, float *l) {
+  av_attn_block_kv(qs, kb, vb, cnt, hd, o, m, l, false);
+}
+
+static void av_attn_block_f32(const float *qs, const float *kb, const float *vb, int32_t cnt,
+                              int32_t hd, float *o, float *m, float *l) {
+  av_attn_block_kv(qs, kb, vb, cnt, hd, o, m, l, true);
 }
 
 static void av_scale(float *y, float a, int32_t n) {
@@ -469,6 +496,7 @@ static const cpu_kern av_table = {
     .mm_prep_q = av_prep_q,
     .mm_rows = av_mm_rows,
     .attn_block = av_attn_block,
+    .attn_block_f32 = av_attn_block_f32,
     .scale = av_scale,
     .to_f16 = av_to_f16,
     .sumsq = av_sumsq,

@@ -53,5 +53,10 @@ bl_status cpu_kv_write(bk_backend *be, const bk_kv_cache *kv, int32_t layer, con
                        const float *v, const int32_t *slots, int32_t n);
 bl_status cpu_attention(bk_backend *be, float *out, const float *q, const bk_kv_cache *kv,
                         int32_t layer, const bk_attn_batch *b, const bk_heads *h);
+/* Decode rows 0..cnt-1 of one (block, kv head) unit of kv (cpu_kv.c) into
+ * out [cnt][head_dim] float32; ts is the tensor scale where the format has
+ * one. */
+void cpu_kv_dequant_rows(const bk_kv_cache *kv, const uint8_t *unit, int32_t cnt, float ts,
+                         float *out);
 
 #endif

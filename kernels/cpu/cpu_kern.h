@@ -2,7 +2,7 @@
  *
  * cpu_scalar.c fills the portable table; cpu_avx2.c (compiled with
  * -mavx2 -mfma -mf16c, in its own library) fills the AVX2 one. The op layer
- * (cpu_ops.c, cpu_matmul.c, cpu_attn.c) splits work over threads and calls
+ * (cpu_backend.c, cpu_matmul.c, cpu_attn.c, cpu_kv.c) splits work over threads and calls
  * these on rows; nothing here knows about threads. */
 #ifndef CPU_KERN_H
 #define CPU_KERN_H
@@ -41,6 +41,10 @@ typedef struct cpu_kern {
    * of exp(score - *m). */
   void (*attn_block)(const float *qs, const uint16_t *k, const uint16_t *v, int32_t cnt, int32_t hd,
                      float *o, float *m, float *l);
+  /* The same over float32 k, v [cnt][hd] (quantized KV formats, decoded a
+   * block at a time by cpu_kv_dequant_rows). */
+  void (*attn_block_f32)(const float *qs, const float *k, const float *v, int32_t cnt, int32_t hd,
+                         float *o, float *m, float *l);
   /* y[i] *= a. */
   void (*scale)(float *y, float a, int32_t n);
   /* dst[i] = fp16(src[i]), round to nearest even. */

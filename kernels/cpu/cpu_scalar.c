@@ -137,6 +137,42 @@ static void sc_attn_block(const float *qs, const uint16_t *kb, const uint16_t *v
   }
 }
 
+static float sc_dot_f32(const float *x, const float *y, int32_t n) {
+  float s = 0;
+  for (int32_t i = 0; i < n; i++)
+    s += x[i] * y[i];
+  return s;
+}
+
+static void sc_axpy_f32(float *y, float a, const float *x, int32_t n) {
+  for (int32_t i = 0; i < n; i++)
+    y[i] += a * x[i];
+}
+
+static void sc_attn_block_f32(const float *qs, const float *kb, const float *vb, int32_t cnt,
+                              int32_t hd, float *o, float *m, float *l) {
+  float s[CPU_ATTN_RUN];
+  for (int32_t c0 = 0; c0 < cnt; c0 += CPU_ATTN_RUN) {
+    int32_t cc = cnt - c0 < CPU_ATTN_RUN ? cnt - c0 : CPU_ATTN_RUN;
+    float mx = -INFINITY;
+    for (int32_t i = 0; i < cc; i++) {
+      s[i] = sc_dot_f32(qs, kb + (size_t)(c0 + i) * hd, hd);
+      mx = s[i] > mx ? s[i] : mx;
+    }
+    if (mx > *m) {
+      float a = expf(*m - mx);
+      sc_scale(o, a, hd);
+      *l *= a;
+      *m = mx;
+    }
+    for (int32_t i = 0; i < cc; i++) {
+      float p = expf(s[i] - *m);
+      *l += p;
+      sc_axpy_f32(o, p, vb + (size_t)(c0 + i) * hd, hd);
+    }
+  }
+}
+
 static void sc_to_f16(uint16_t *dst, const float *src, int32_t n) {
   for (int32_t i = 0; i < n; i++)
     dst[i] = bl_float_to_half(src[i]);
@@ -169,6 +205,7 @@ static const cpu_kern sc_table = {
     .mm_prep_q = sc_prep_q,
     .mm_rows = sc_mm_rows,
     .attn_block = sc_attn_block,
+    .attn_block_f32 = sc_attn_block_f32,
     .scale = sc_scale,
     .to_f16 = sc_to_f16,
     .sumsq = sc_sumsq,

@@ -6,21 +6,60 @@
  * and of its running output. Per position: score = warp sum of q.k, then the
  * online softmax update (running max m, running sum l, output rescaled by
  * exp(m_old - m_new)). At the end the warps' (m, l, acc) are merged through
- * shared memory. Lanes read consecutive fp16 of a cache row, so a warp's
- * loads of one position are coalesced. */
+ * shared memory. Lanes read consecutive elements of a cache row, so a warp's
+ * loads of one position are coalesced.
+ *
+ * The KV format is a template parameter (cu_kv_kind): fp16 rows are read as
+ * halves; fp8 and nvfp4 elements are decoded in registers with the software
+ * E4M3/E2M1 decoders of kvcache/kv_format.h (integer bit operations and one
+ * exact multiply; sm_90 has no fp4 conversion instruction, and this keeps
+ * the decode identical to the CPU backend's), times the row's E8M0 scale,
+ * the tensor scale, or the group's E4M3 scale times the tensor scale. The
+ * online softmax is the same for every format. */
 #include "cu_attention.cuh"
 
 #include <math.h>
 
+#include "kv_format.h"
+
 #define CU_ATTN_MAX_WARPS 16
 
-template <int E>
+/* Which decoder a kernel instance uses. */
+enum cu_kv_kind { CU_KV_F16 = 0, CU_KV_FP8_HEAD, CU_KV_FP8_TENSOR, CU_KV_NVFP4 };
+
+/* One cache row (token, kv head) being read: values, scales, and the scale
+ * the decoder multiplies by. */
+struct cu_kv_row {
+  const uint8_t *v, *s;
+  float scale;
+};
+
+/* Row `off` of the unit at `unit` ([block_size] value rows of rb bytes, then
+ * [block_size] scale rows of sb bytes); ts is the tensor scale. */
+template <int KIND>
+static __device__ __forceinline__ cu_kv_row cu_kv_row_at(const uint8_t *unit, int off, int bs,
+                                                         int rb, int sb, float ts) {
+  cu_kv_row r;
+  r.v = unit + (size_t)off * rb;
+  r.s = unit + (size_t)bs * rb + (size_t)off * sb;
+  r.scale = KIND == CU_KV_FP8_HEAD ? kv_e8m0_to_f32(r.s[0]) : ts;
+  return r;
+}
+
+template <int KIND> static __device__ __forceinline__ float cu_kv_elem(const cu_kv_row &r, int d) {
+  if (KIND == CU_KV_F16) return __half2float(((const __half *)(const void *)r.v)[d]);
+  if (KIND == CU_KV_NVFP4) return kv_nvfp4_elem(r.v, r.s, r.scale, d);
+  return kv_e4m3_to_f32(r.v[d]) * r.scale;
+}
+
+template <int E, int KIND>
 static __global__ void __launch_bounds__(CU_ATTN_MAX_WARPS * 32)
     cu_attention_kernel(float *__restrict__ out, const float *__restrict__ q,
-                        const __half *__restrict__ kc, const __half *__restrict__ vc,
-                        const int32_t *__restrict__ tok_seq, const int32_t *__restrict__ tok_pos,
+                        const uint8_t *__restrict__ kc, const uint8_t *__restrict__ vc,
+                        const float *__restrict__ ts, const int32_t *__restrict__ tok_seq,
+                        const int32_t *__restrict__ tok_pos,
                         const int32_t *__restrict__ block_tables, int max_blocks, int n_heads,
-                        int n_kv_heads, int head_dim, int block_size, float scale) {
+                        int n_kv_heads, int head_dim, int block_size, int rb, int sb, float scale) {
   __shared__ float s_m[CU_ATTN_MAX_WARPS], s_l[CU_ATTN_MAX_WARPS];
   __shared__ float s_acc[CU_ATTN_MAX_WARPS][E * 32];
   int t = blockIdx.x, h = blockIdx.y;
@@ -29,6 +68,8 @@ static __global__ void __launch_bounds__(CU_ATTN_MAX_WARPS * 32)
   int pos = tok_pos[t];
   const int32_t *table = block_tables + (size_t)tok_seq[t] * max_blocks;
   const float *qh = q + ((size_t)t * n_heads + h) * head_dim;
+  size_t unit_bytes = (size_t)block_size * (size_t)(rb + sb);
+  float ts_k = ts ? ts[0] : 0.0f, ts_v = ts ? ts[1] : 0.0f;
 
   float qr[E], acc[E];
 #pragma unroll
@@ -39,14 +80,15 @@ static __global__ void __launch_bounds__(CU_ATTN_MAX_WARPS * 32)
   }
   float m = -INFINITY, l = 0.0f;
   for (int p = warp; p <= pos; p += n_warps) {
-    size_t base = (((size_t)table[p / block_size] * n_kv_heads + kvh) * block_size +
-                   (size_t)(p % block_size)) *
-                  head_dim;
+    size_t unit = ((size_t)table[p / block_size] * n_kv_heads + kvh) * unit_bytes;
+    int off = p % block_size;
+    cu_kv_row kr = cu_kv_row_at<KIND>(kc + unit, off, block_size, rb, sb, ts_k);
+    cu_kv_row vr = cu_kv_row_at<KIND>(vc + unit, off, block_size, rb, sb, ts_v);
     float s = 0.0f;
 #pragma unroll
     for (int i = 0; i < E; i++) {
       int d = lane + 32 * i;
-      if (d < head_dim) s += qr[i] * __half2float(kc[base + d]);
+      if (d < head_dim) s += qr[i] * cu_kv_elem<KIND>(kr, d);
     }
     s = cu_warp_sum(s);
     float m_new = fmaxf(m, s);
@@ -55,7 +97,7 @@ static __global__ void __launch_bounds__(CU_ATTN_MAX_WARPS * 32)
 #pragma unroll
     for (int i = 0; i < E; i++) {
       int d = lane + 32 * i;
-      float vd = d < head_dim ? __half2float(vc[base + d]) : 0.0f;
+      float vd = d < head_dim ? cu_kv_elem<KIND>(vr, d) : 0.0f;
       acc[i] = acc[i] * corr + e * vd;
     }
     m = m_new;
@@ -87,23 +129,42 @@ static __global__ void __launch_bounds__(CU_ATTN_MAX_WARPS * 32)
   }
 }
 
-template <int E>
-static void cu_attention_launch_e(cu_ctx *c, float *out, const float *q, const bk_kv_cache *kv,
+template <int E, int KIND>
+static void cu_attention_launch_k(cu_ctx *c, float *out, const float *q, const bk_kv_cache *kv,
                                   int32_t layer, const bk_attn_batch *b, const bk_heads *h) {
   /* More warps for longer contexts; short ones would leave them idle. */
   size_t ctx = (size_t)b->max_blocks * (size_t)kv->block_size;
   unsigned warps = ctx >= 1024 ? 16 : ctx >= 256 ? 8 : 4;
   dim3 grid((unsigned)b->n_tok, (unsigned)h->n_heads);
-  cu_attention_kernel<E><<<grid, warps * 32, 0, c->stream>>>(
-      out, q, (const __half *)kv->k[layer], (const __half *)kv->v[layer], b->tok_seq, b->tok_pos,
-      b->block_tables, b->max_blocks, h->n_heads, h->n_kv_heads, h->head_dim, kv->block_size,
-      1.0f / sqrtf((float)h->head_dim));
+  const float *ts =
+      bk_kv_tensor_scaled(kv->fmt, kv->scaling) ? kv->tensor_scales + 2 * (size_t)layer : NULL;
+  cu_attention_kernel<E, KIND><<<grid, warps * 32, 0, c->stream>>>(
+      out, q, (const uint8_t *)kv->k[layer], (const uint8_t *)kv->v[layer], ts, b->tok_seq,
+      b->tok_pos, b->block_tables, b->max_blocks, h->n_heads, h->n_kv_heads, h->head_dim,
+      kv->block_size, (int)bk_kv_row_bytes(kv->fmt, kv->head_dim),
+      (int)bk_kv_scale_bytes(kv->fmt, kv->scaling, kv->head_dim), 1.0f / sqrtf((float)h->head_dim));
+}
+
+template <int E>
+static void cu_attention_launch_e(cu_ctx *c, float *out, const float *q, const bk_kv_cache *kv,
+                                  int32_t layer, const bk_attn_batch *b, const bk_heads *h) {
+  switch (kv->fmt) {
+  case BK_KV_F16: cu_attention_launch_k<E, CU_KV_F16>(c, out, q, kv, layer, b, h); break;
+  case BK_KV_FP8:
+    if (kv->scaling == BK_KVS_TENSOR)
+      cu_attention_launch_k<E, CU_KV_FP8_TENSOR>(c, out, q, kv, layer, b, h);
+    else
+      cu_attention_launch_k<E, CU_KV_FP8_HEAD>(c, out, q, kv, layer, b, h);
+    break;
+  case BK_KV_NVFP4: cu_attention_launch_k<E, CU_KV_NVFP4>(c, out, q, kv, layer, b, h); break;
+  }
 }
 
 bl_status cu_attention_launch(cu_ctx *c, float *out, const float *q, const bk_kv_cache *kv,
                               int32_t layer, const bk_attn_batch *b, const bk_heads *h) {
   if (b->n_tok <= 0) return BL_OK;
-  if (kv->fmt != BK_KV_F16) return cu_invalid(c, "attention", "only the fp16 KV format");
+  if (!bk_kv_geometry_ok(kv->fmt, kv->head_dim) || kv->head_dim != h->head_dim)
+    return cu_invalid(c, "attention", "a KV format or cache head_dim that does not fit the heads");
   if (h->head_dim <= 0 || h->head_dim > CU_ATTN_MAX_HEAD_DIM)
     return cu_invalid(c, "attention", "head_dim must be 1..256");
   if (h->n_kv_heads <= 0 || h->n_heads % h->n_kv_heads)

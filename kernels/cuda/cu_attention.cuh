@@ -1,6 +1,6 @@
-/* attention: causal paged attention over the fp16 KV cache for a mixed batch
- * of decode tokens and prefill chunks (bk_attn_batch), GQA, fp32 online
- * softmax. */
+/* attention: causal paged attention over the KV cache (fp16, fp8 or nvfp4,
+ * decoded in registers) for a mixed batch of decode tokens and prefill
+ * chunks (bk_attn_batch), GQA, fp32 online softmax. */
 #ifndef CU_ATTENTION_CUH
 #define CU_ATTENTION_CUH
 

@@ -1,11 +1,15 @@
-/* kv_write: store fp32 K and V rows of one layer into paged fp16 cache slots. */
+/* kv_write: store fp32 K and V rows of one layer into paged cache slots in
+ * the cache's format (fp16, fp8 E4M3 with per-head or per-tensor scales,
+ * nvfp4), byte-identical to the CPU backend. */
 #ifndef CU_KV_WRITE_CUH
 #define CU_KV_WRITE_CUH
 
 #include "cu_common.cuh"
 
 /* k, v: [n][n_kv_heads*head_dim] fp32; slots: device int32 [n]. A slot
- * outside 0..n_blocks*block_size-1 (e.g. -1 for a padding token) is skipped. */
+ * outside 0..n_blocks*block_size-1 (e.g. -1 for a padding token) is skipped.
+ * Tensor-scaled formats calibrate kv->tensor_scales[2*layer .. +1] on the
+ * layer's first write (kvcache/kv_format.h). */
 bl_status cu_kv_write_launch(cu_ctx *c, const bk_kv_cache *kv, int32_t layer, const float *k,
                              const float *v, const int32_t *slots, int32_t n);
 

@@ -1,7 +1,9 @@
 /* Cross-backend op test (suite gpu): every op of the CUDA backend against the
  * CPU backend on the same random inputs (fixed seed, no zeros), odd shapes,
  * all three weight formats with and without perm, outputs poisoned with NaN
- * first so an element a kernel forgets to write fails. After the checks, a
+ * first so an element a kernel forgets to write fails; kv_write and attention
+ * for every KV format (fp16, fp8 per head and per tensor, nvfp4), the caches
+ * compared byte for byte. After the checks, a
  * few timings in GB/s (llm.c dev/cuda style); BALLAST_NO_BENCH=1 skips them.
  *
  * Where no GPU is present (CI) bk_cuda_create says BL_EUNSUPPORTED: the test
@@ -459,9 +461,21 @@ typedef struct kv_case {
   int nh, nkv, hd, bs, len[KV_SEQS];
 } kv_case;
 
+/* A KV format under test. */
+typedef struct kv_kind {
+  bk_kvfmt fmt;
+  bk_kvscale scaling;
+  const char *name;
+} kv_kind;
+
+static const kv_kind kv_kinds[] = {{BK_KV_F16, BK_KVS_HEAD, "fp16"},
+                                   {BK_KV_FP8, BK_KVS_HEAD, "fp8"},
+                                   {BK_KV_FP8, BK_KVS_TENSOR, "fp8-tensor"},
+                                   {BK_KV_NVFP4, BK_KVS_HEAD, "nvfp4"}};
+
 /* The host description shared by both backends. */
 typedef struct kv_setup {
-  int n_blocks, max_blocks, n_write;
+  int n_blocks, max_blocks, n_write, n_first;
   int32_t *tables;                    /* [KV_SEQS][max_blocks] */
   int32_t *slots;                     /* [n_write]: every position of every sequence */
   float *k[KV_LAYERS], *v[KV_LAYERS]; /* [n_write][nkv*hd] */
@@ -491,9 +505,19 @@ static kv_setup kv_make(rng *r, const kv_case *c) {
       s.slots[w++] = s.tables[i * s.max_blocks + p / c->bs] * c->bs + p % c->bs;
   }
   free(ids);
+  size_t row = (size_t)c->nkv * c->hd;
+  /* kv_write runs in two calls: the first calibrates tensor scales. The
+   * last token is 8x larger than the rest, past the calibration headroom,
+   * so saturation must match as well. */
+  s.n_first = s.n_write > 1 ? s.n_write / 2 : 1;
   for (int l = 0; l < KV_LAYERS; l++) {
-    s.k[l] = rand_f(r, (size_t)s.n_write * c->nkv * c->hd, -1, 1);
-    s.v[l] = rand_f(r, (size_t)s.n_write * c->nkv * c->hd, -1, 1);
+    s.k[l] = rand_f(r, (size_t)s.n_write * row, -1, 1);
+    s.v[l] = rand_f(r, (size_t)s.n_write * row, -1, 1);
+    if (s.n_write > 1)
+      for (size_t i = 0; i < row; i++) {
+        s.k[l][(size_t)(s.n_write - 1) * row + i] *= 8;
+        s.v[l][(size_t)(s.n_write - 1) * row + i] *= 8;
+      }
   }
   return s;
 }
@@ -505,9 +529,16 @@ static void kv_free(kv_setup *s) {
     free(s->k[l]), free(s->v[l]);
 }
 
-/* A zeroed cache on be, filled through kv_write with every layer's K/V. */
-static bk_kv_cache kv_build(bk_backend *be, const kv_case *c, const kv_setup *s) {
-  bk_kv_cache kv = {.fmt = BK_KV_F16,
+static size_t kv_layer_bytes(const bk_kv_cache *kv) {
+  return (size_t)kv->n_blocks * kv->n_kv_heads * bk_kv_unit_bytes(kv);
+}
+
+/* A zeroed cache on be in format kind, filled through kv_write with every
+ * layer's K/V (two calls per layer, see kv_make). */
+static bk_kv_cache kv_build(bk_backend *be, const kv_case *c, const kv_setup *s,
+                            const kv_kind *kind) {
+  bk_kv_cache kv = {.fmt = kind->fmt,
+                    .scaling = kind->scaling,
                     .n_layers = KV_LAYERS,
                     .n_blocks = s->n_blocks,
                     .block_size = c->bs,
@@ -515,8 +546,12 @@ static bk_kv_cache kv_build(bk_backend *be, const kv_case *c, const kv_setup *s)
                     .head_dim = c->hd};
   kv.k = calloc(KV_LAYERS, sizeof(void *));
   kv.v = calloc(KV_LAYERS, sizeof(void *));
-  size_t lb = (size_t)s->n_blocks * c->nkv * c->bs * c->hd * 2;
-  size_t rb = (size_t)s->n_write * c->nkv * c->hd * 4;
+  if (bk_kv_tensor_scaled(kv.fmt, kv.scaling)) {
+    kv.tensor_scales = dev_alloc(be, KV_LAYERS * 2 * sizeof(float));
+    must(be->memset0(be, kv.tensor_scales, KV_LAYERS * 2 * sizeof(float)), "memset0");
+  }
+  size_t lb = kv_layer_bytes(&kv), row = (size_t)c->nkv * c->hd;
+  size_t rb = (size_t)s->n_write * row * 4;
   int32_t *dslots = dev_put(be, s->slots, (size_t)s->n_write * 4);
   for (int l = 0; l < KV_LAYERS; l++) {
     kv.k[l] = dev_alloc(be, lb);
@@ -524,7 +559,11 @@ static bk_kv_cache kv_build(bk_backend *be, const kv_case *c, const kv_setup *s)
     must(be->memset0(be, kv.k[l], lb), "memset0");
     must(be->memset0(be, kv.v[l], lb), "memset0");
     float *dk = dev_put(be, s->k[l], rb), *dv = dev_put(be, s->v[l], rb);
-    must(be->kv_write(be, &kv, l, dk, dv, dslots, s->n_write), "kv_write");
+    int n1 = s->n_first, n2 = s->n_write - n1;
+    must(be->kv_write(be, &kv, l, dk, dv, dslots, n1), "kv_write");
+    if (n2 > 0)
+      must(be->kv_write(be, &kv, l, dk + (size_t)n1 * row, dv + (size_t)n1 * row, dslots + n1, n2),
+           "kv_write");
     must(be->sync(be), "sync");
     be->free(be, dk);
     be->free(be, dv);
@@ -536,24 +575,37 @@ static bk_kv_cache kv_build(bk_backend *be, const kv_case *c, const kv_setup *s)
 static void kv_destroy(bk_backend *be, bk_kv_cache *kv) {
   for (int l = 0; l < kv->n_layers; l++)
     be->free(be, kv->k[l]), be->free(be, kv->v[l]);
+  if (kv->tensor_scales) be->free(be, kv->tensor_scales);
   free(kv->k);
   free(kv->v);
 }
 
-static void check_kv_equal(pair *p, const kv_case *c, bk_kv_cache *kc, bk_kv_cache *kg) {
-  size_t lb = (size_t)kc->n_blocks * c->nkv * c->bs * c->hd * 2;
-  uint16_t *a = malloc(lb), *b = malloc(lb);
+static void check_kv_equal(pair *p, const kv_case *c, const kv_kind *kind, bk_kv_cache *kc,
+                           bk_kv_cache *kg) {
+  size_t lb = kv_layer_bytes(kc);
+  uint8_t *a = malloc(lb), *b = malloc(lb);
   for (int l = 0; l < KV_LAYERS; l++)
     for (int kvsel = 0; kvsel < 2; kvsel++) {
       must(p->cpu->download(p->cpu, a, kvsel ? kc->v[l] : kc->k[l], lb), "download");
       must(p->gpu->download(p->gpu, b, kvsel ? kg->v[l] : kg->k[l], lb), "download");
       size_t diff = 0;
-      for (size_t i = 0; i < lb / 2; i++)
+      for (size_t i = 0; i < lb; i++)
         diff += a[i] != b[i];
-      /* fp32 -> fp16 round to nearest even on both sides: bit for bit. */
-      T_CHECKF(diff == 0, "kv_write hd %d bs %d layer %d %s: %zu of %zu halves differ", c->hd,
-               c->bs, l, kvsel ? "v" : "k", diff, lb / 2);
+      /* Both backends encode with kvcache/kv_format.h: integer bit work and
+       * correctly rounded fp32 multiplies and divides (no FMA-contractible
+       * sums), fp16 by round to nearest even: bit for bit. */
+      T_CHECKF(diff == 0, "kv_write %s hd %d bs %d layer %d %s: %zu of %zu bytes differ",
+               kind->name, c->hd, c->bs, l, kvsel ? "v" : "k", diff, lb);
     }
+  if (kc->tensor_scales) {
+    float ta[KV_LAYERS * 2], tb[KV_LAYERS * 2];
+    must(p->cpu->download(p->cpu, ta, kc->tensor_scales, sizeof ta), "download");
+    must(p->gpu->download(p->gpu, tb, kg->tensor_scales, sizeof tb), "download");
+    /* max is exact in any order, then the same two fp32 operations */
+    T_CHECKF(memcmp(ta, tb, sizeof ta) == 0 && ta[0] > 0,
+             "kv_write %s hd %d: tensor scales differ (cpu %g, gpu %g)", kind->name, c->hd,
+             (double)ta[0], (double)tb[0]);
+  }
   free(a);
   free(b);
 }
@@ -586,42 +638,48 @@ static void test_attention(pair *p, rng *r) {
                                   /* long enough for 8 and 16 warps per block */
                                   {4, 2, 64, 16, {300, 5, 260}},
                                   {2, 1, 128, 32, {1100, 3, 40}}};
-  for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-    const kv_case *c = &cases[ci];
-    kv_setup s = kv_make(r, c);
-    bk_kv_cache kc = kv_build(p->cpu, c, &s), kg = kv_build(p->gpu, c, &s);
-    check_kv_equal(p, c, &kc, &kg);
-    /* A mixed step: decode tokens at the end of sequences 0 and 2, a prefill
-     * chunk in the middle of sequence 1, and a token at position 0. */
-    enum { T = 7 };
-    int32_t seq[T] = {0, 1, 1, 1, 2, 2, 1};
-    int32_t pos[T] = {c->len[0] - 1,
-                      c->len[1] - 3,
-                      c->len[1] - 2,
-                      c->len[1] - 1,
-                      c->len[2] - 1,
-                      c->len[2] / 2,
-                      0};
-    for (int t = 0; t < T; t++)
-      if (pos[t] < 0) pos[t] = 0;
-    float *q = rand_f(r, (size_t)T * c->nh * c->hd, -1, 1);
-    for (int layer = 0; layer < KV_LAYERS; layer++) {
-      float *want = run_attention(p->cpu, &kc, &s, c, q, seq, pos, T, layer);
-      float *got = run_attention(p->gpu, &kg, &s, c, q, seq, pos, T, layer);
-      char what[80];
-      snprintf(what, sizeof what, "attention %d/%d hd %d bs %d layer %d", c->nh, c->nkv, c->hd,
-               c->bs, layer);
-      /* fp32 scores and softmax on both sides; order of sums and expf ulps
-       * differ. Outputs are convex combinations of |v| <= 1: 2e-5 absolute. */
-      expect_near(what, got, want, (size_t)T * c->nh * c->hd, 2e-5, 1e-4);
-      free(want);
-      free(got);
+  for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
+    for (size_t ki = 0; ki < sizeof kv_kinds / sizeof kv_kinds[0]; ki++) {
+      const kv_case *c = &cases[ci];
+      const kv_kind *kind = &kv_kinds[ki];
+      if (!bk_kv_geometry_ok(kind->fmt, c->hd)) continue; /* nvfp4: hd % 16 */
+      kv_setup s = kv_make(r, c);
+      bk_kv_cache kc = kv_build(p->cpu, c, &s, kind), kg = kv_build(p->gpu, c, &s, kind);
+      check_kv_equal(p, c, kind, &kc, &kg);
+      /* A mixed step: decode tokens at the end of sequences 0 and 2, a
+       * prefill chunk in the middle of sequence 1, and a token at position 0. */
+      enum { T = 7 };
+      int32_t seq[T] = {0, 1, 1, 1, 2, 2, 1};
+      int32_t pos[T] = {c->len[0] - 1,
+                        c->len[1] - 3,
+                        c->len[1] - 2,
+                        c->len[1] - 1,
+                        c->len[2] - 1,
+                        c->len[2] / 2,
+                        0};
+      for (int t = 0; t < T; t++)
+        if (pos[t] < 0) pos[t] = 0;
+      float *q = rand_f(r, (size_t)T * c->nh * c->hd, -1, 1);
+      for (int layer = 0; layer < KV_LAYERS; layer++) {
+        float *want = run_attention(p->cpu, &kc, &s, c, q, seq, pos, T, layer);
+        float *got = run_attention(p->gpu, &kg, &s, c, q, seq, pos, T, layer);
+        char what[96];
+        snprintf(what, sizeof what, "attention %s %d/%d hd %d bs %d layer %d", kind->name, c->nh,
+                 c->nkv, c->hd, c->bs, layer);
+        /* The caches are byte-identical and both sides decode with the same
+         * kv_format.h functions, so K and V are the same floats; then fp32
+         * scores and softmax on both sides, with sums in another order and
+         * expf ulps apart. Outputs are convex combinations of |v| <= 8
+         * (one 8x token): 2e-5 absolute plus 1e-4 relative, as for fp16. */
+        expect_near(what, got, want, (size_t)T * c->nh * c->hd, 2e-5, 1e-4);
+        free(want);
+        free(got);
+      }
+      free(q);
+      kv_destroy(p->cpu, &kc);
+      kv_destroy(p->gpu, &kg);
+      kv_free(&s);
     }
-    free(q);
-    kv_destroy(p->cpu, &kc);
-    kv_destroy(p->gpu, &kg);
-    kv_free(&s);
-  }
 }
 
 /* ---- timings ------------------------------------------------------------ */
@@ -665,10 +723,10 @@ static void bench_matmul(bk_backend *g, rng *r, bk_wfmt fmt, const int *ns, int 
   free_weight(&h);
 }
 
-static void bench_attention(bk_backend *g, rng *r) {
+static void bench_attention(bk_backend *g, rng *r, const kv_kind *kind) {
   kv_case c = {32, 8, 128, 16, {4096, 4096, 4096}};
   kv_setup s = kv_make(r, &c);
-  bk_kv_cache kv = kv_build(g, &c, &s);
+  bk_kv_cache kv = kv_build(g, &c, &s, kind);
   enum { T = 3 };
   int32_t seq[T] = {0, 1, 2}, pos[T] = {4095, 4095, 4095};
   bk_heads hd = {.n_heads = c.nh, .n_kv_heads = c.nkv, .head_dim = c.hd};
@@ -687,9 +745,12 @@ static void bench_attention(bk_backend *g, rng *r) {
     must(g->attention(g, out, dq, &kv, 0, &b, &hd), "attention");
   must(g->sync(g), "sync");
   double dt = (now_s() - t0) / iters;
-  double bytes = (double)T * 4096 * c.nkv * c.hd * 2 * 2; /* K and V read once per kv head */
-  printf("bench attention %d seqs x 4096 pos, %d/%d heads x %d: %8.1f us  %7.1f GB/s\n", T, c.nh,
-         c.nkv, c.hd, dt * 1e6, bytes / dt * 1e-9);
+  /* K and V (values and scales) read once per kv head */
+  double bytes = (double)T * 4096 * 2 * c.nkv *
+                 (double)(bk_kv_row_bytes(kind->fmt, c.hd) +
+                          bk_kv_scale_bytes(kind->fmt, kind->scaling, c.hd));
+  printf("bench attention %-10s %d seqs x 4096 pos, %d/%d heads x %d: %8.1f us  %7.1f GB/s\n",
+         kind->name, T, c.nh, c.nkv, c.hd, dt * 1e6, bytes / dt * 1e-9);
   g->free(g, dq);
   g->free(g, out);
   g->free(g, (void *)b.tok_seq);
@@ -732,7 +793,8 @@ int main(void) {
     bench_matmul(gpu, &r, BK_WF_F16, ns_f16, 4);
     bench_matmul(gpu, &r, BK_WF_W4, ns_q, 8);
     bench_matmul(gpu, &r, BK_WF_W2, ns_q, 8);
-    bench_attention(gpu, &r);
+    for (size_t i = 0; i < sizeof kv_kinds / sizeof kv_kinds[0]; i++)
+      bench_attention(gpu, &r, &kv_kinds[i]);
   }
   bk_destroy(cpu);
   bk_destroy(gpu);

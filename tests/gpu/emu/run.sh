@@ -27,10 +27,10 @@ open(sys.argv[2], 'w').write('#line 1 "%s"\n' % sys.argv[1] + pat.sub(rep, s))
 PY
 done
 CXX="g++ -std=c++17 $FLAGS -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas"
-CXX="$CXX -I$E/inc -I$E -I$S/kernels/cuda -I$S/kernels -I$S/common -include emu_cuda.h"
+CXX="$CXX -I$E/inc -I$E -I$S/kernels/cuda -I$S/kernels -I$S/kvcache -I$S/common -include emu_cuda.h"
 for f in "$O"/gen/*.cpp; do $CXX -c "$f" -o "${f%.cpp}.o"; done
 g++ -std=c++17 $FLAGS -I"$E" -I"$S/common" -c "$E/emu_rt.cpp" -o "$O/emu_rt.o"
-CC="gcc -std=c11 $FLAGS -D_GNU_SOURCE -I$S/kernels -I$S/common -I$S/tests/common"
+CC="gcc -std=c11 $FLAGS -D_GNU_SOURCE -I$S/kernels -I$S/kvcache -I$S/common -I$S/tests/common"
 $CC -c "$S/tests/gpu/test_cuda_ops.c" -o "$O/test.o"
 $CC -c "$S/kernels/backend.c" -o "$O/backend.o"
 $CC -c "$S/common/bl_status.c" -o "$O/bl_status.o"

@@ -7,6 +7,11 @@
 #include <time.h>
 
 bool cli_parse(const char *cmd, int argc, char **argv, cli_flag *flags, int n_flags) {
+  return cli_parse_multi(cmd, argc, argv, flags, n_flags, NULL, 0);
+}
+
+bool cli_parse_multi(const char *cmd, int argc, char **argv, cli_flag *flags, int n_flags,
+                     cli_multi *multi, int n_multi) {
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i];
     const char *eq = strchr(a, '=');
@@ -27,6 +32,15 @@ bool cli_parse(const char *cmd, int argc, char **argv, cli_flag *flags, int n_fl
     } else {
       fprintf(stderr, "ballast %s: %s needs a value\n", cmd, f->name);
       return false;
+    }
+    for (int j = 0; j < n_multi; j++) {
+      cli_multi *mv = &multi[j];
+      if (strcmp(mv->name, f->name) != 0) continue;
+      if (mv->n == mv->max) {
+        fprintf(stderr, "ballast %s: %s given more than %d times\n", cmd, f->name, mv->max);
+        return false;
+      }
+      mv->values[mv->n++] = f->value;
     }
   }
   return true;

@@ -19,6 +19,16 @@ typedef struct cli_flag {
 /* Parse argv (after the subcommand) into flags; unknown flags, missing
  * values and stray arguments are reported on stderr and return false. */
 bool cli_parse(const char *cmd, int argc, char **argv, cli_flag *flags, int n_flags);
+/* A repeatable flag (also listed in flags): every value given, in order. */
+typedef struct cli_multi {
+  const char *name;
+  const char **values; /* [max] */
+  int max, n;
+} cli_multi;
+/* cli_parse that also collects the values of the repeatable flags; more than
+ * max of one is an error. */
+bool cli_parse_multi(const char *cmd, int argc, char **argv, cli_flag *flags, int n_flags,
+                     cli_multi *multi, int n_multi);
 const char *cli_get(const cli_flag *flags, int n_flags, const char *name);
 
 /* Parse "1,8,32" into up to max ints; false on malformed input. */

@@ -221,6 +221,9 @@ bl_status bk_cpu_create(int n_threads, bk_backend **out, bl_err *err);
  * build has no CUDA or no device is present. */
 bl_status bk_cuda_create(int dev, bk_backend **out, bl_err *err);
 
+/* The null backend: ops that do nothing, for measuring host-side overhead. */
+bl_status bk_null_create(bk_backend **out, bl_err *err);
+
 static inline void bk_destroy(bk_backend *be) {
   if (be) be->destroy(be);
 }

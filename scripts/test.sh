@@ -22,7 +22,7 @@ ninja -C build >/dev/null || { ninja -C build; exit 1; }
 meson test -C build --no-rebuild --print-errorlogs --suite unit --suite integration || status=1
 CC=clang configure build-asan -Dcuda=disabled -Db_sanitize=address,undefined -Dbuildtype=debugoptimized || exit 1
 ninja -C build-asan >/dev/null || { ninja -C build-asan; exit 1; }
-BALLAST_GPTQ_SKIP_MODEL=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+BALLAST_SKIP_SLOW_MODEL=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   meson test -C build-asan --no-rebuild --print-errorlogs --suite unit --suite integration \
   --suite fuzz --timeout-multiplier 4 || status=1

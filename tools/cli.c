@@ -98,6 +98,7 @@ bl_status cli_backend(const char *device, const char *threads, bk_backend **out,
       return bl_fail(err, BL_EINVAL, "--device %s: expected cuda or cuda:N", device);
     return bk_cuda_create((int)dev, out, err);
   }
+  if (strcmp(device, "null") == 0) return bk_null_create(out, err); /* overhead benchmarks */
   return bl_fail(err, BL_EINVAL, "--device %s: expected cpu, cuda or cuda:N", device);
 }
 

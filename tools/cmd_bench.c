@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_sched.h"
 #include "cli.h"
 #include "cmds.h"
 #include "runner.h"
@@ -14,7 +15,9 @@
 static const char *usage =
     "usage: ballast bench (--model PATH | --synthetic NAME) [--precision fp16,w4,w2]\n"
     "         [--batch 1,8] [--steps N] [--prompt-len N] [--group-size N]\n"
-    "         [--device cpu|cuda[:N]] [--threads N] [--json]\n"
+    "         [--concurrency 1,8,32] [--device cpu|cuda[:N]|null] [--threads N] [--json]\n"
+    "  --concurrency: through the scheduler instead of a static batch: N requests of\n"
+    "    --prompt-len + --steps tokens at once (--device null: scheduler cost only)\n"
     "  NAME: qwen3-0.6b qwen3-1.7b qwen3-4b qwen3-8b qwen3-14b qwen3-32b smollm2-135m\n";
 
 typedef struct bench_row {
@@ -64,7 +67,8 @@ done:
 int cmd_bench(int argc, char **argv) {
   cli_flag f[] = {{"--model", 1, NULL}, {"--synthetic", 1, NULL}, {"--precision", 1, NULL}, {"--batch", 1, NULL},
                   {"--steps", 1, NULL}, {"--prompt-len", 1, NULL}, {"--group-size", 1, NULL}, {"--device", 1, NULL},
-                  {"--threads", 1, NULL}, {"--json", 0, NULL}, {"--help", 0, NULL}};
+                  {"--threads", 1, NULL}, {"--json", 0, NULL}, {"--concurrency", 1, NULL},
+                  {"--help", 0, NULL}};
   int nf = (int)(sizeof f / sizeof *f);
   if (!cli_parse("bench", argc, argv, f, nf)) return 2;
   if (cli_get(f, nf, "--help")) {
@@ -98,10 +102,22 @@ int cmd_bench(int argc, char **argv) {
     fprintf(stderr, "ballast bench: bad --batch/--steps/--prompt-len/--group-size\n%s", usage);
     return 2;
   }
+  int32_t conc[16];
+  int n_conc = 0;
+  if ((v = cli_get(f, nf, "--concurrency")) && !cli_int_list(v, conc, 16, &n_conc)) {
+    fprintf(stderr, "ballast bench: bad --concurrency '%s'\n%s", v, usage);
+    return 2;
+  }
+  for (int i = 0; i < n_conc; i++)
+    if (conc[i] < 1 || conc[i] > 4096) {
+      fprintf(stderr, "ballast bench: --concurrency %d: expected 1..4096\n", conc[i]);
+      return 2;
+    }
   bool json = cli_get(f, nf, "--json") != NULL;
   bl_err err = {0};
   bk_backend *be = NULL;
   bench_row rows[64];
+  bench_sched_row srows[64];
   int n_rows = 0, rc = 1;
   if (cli_backend(cli_get(f, nf, "--device"), cli_get(f, nf, "--threads"), &be, &err)) goto done;
   for (int p = 0; p < n_prec; p++) {
@@ -109,7 +125,19 @@ int cmd_bench(int argc, char **argv) {
     model_load_opts opts = {.precision = precs[p], .group_size = (int32_t)gs};
     bl_status st = synth ? model_synthetic(synth, precs[p], (int32_t)gs, be, &m, &err)
                          : model_load(path, &opts, be, &m, &err);
-    for (int b = 0; !st && b < n_batch && n_rows < 64; b++) {
+    for (int b = 0; !st && n_conc && b < n_conc && n_rows < 64; b++) {
+      bench_sched_row *sr = &srows[n_rows];
+      rows[n_rows] = (bench_row){.prec = precs[p], .batch = conc[b]};
+      if ((st = bench_concurrency(m, conc[b], (int32_t)prompt_len, (int32_t)steps, sr, &err))) break;
+      n_rows++;
+      if (!json)
+        printf("%-6s concurrency %4d: %9.2f tok/s decode  %9.2f tok/s end-to-end  %8.3f ms/step  "
+               "scheduler %7.1f us/step (%.2f%%)\n",
+               model_prec_name(precs[p]), sr->concurrency, sr->decode_tok_s, sr->e2e_tok_s,
+               sr->step_ms, sr->sched_us, 100 * sr->sched_share);
+      fflush(stdout);
+    }
+    for (int b = 0; !st && !n_conc && b < n_batch && n_rows < 64; b++) {
       bench_row *row = &rows[n_rows];
       *row = (bench_row){.prec = precs[p], .batch = batches[b]};
       if ((st = bench_one(m, batches[b], (int32_t)prompt_len, (int32_t)steps, row, &err))) break;
@@ -129,10 +157,18 @@ int cmd_bench(int argc, char **argv) {
     printf(",\"synthetic\":%s,\"steps\":%ld,\"prompt_len\":%ld,\"results\":[", synth ? "true" : "false",
            steps, prompt_len);
     for (int i = 0; i < n_rows; i++)
-      printf("%s{\"precision\":\"%s\",\"batch\":%d,\"decode_tok_s\":%.3f,\"step_ms\":%.4f,"
-             "\"weight_gb_s\":%.3f}",
-             i ? "," : "", model_prec_name(rows[i].prec), rows[i].batch, rows[i].tok_s,
-             rows[i].step_ms, rows[i].gb_s);
+      if (n_conc)
+        printf("%s{\"precision\":\"%s\",\"concurrency\":%d,\"decode_tok_s\":%.3f,"
+               "\"e2e_tok_s\":%.3f,\"step_ms\":%.4f,\"scheduler_us_per_step\":%.2f,"
+               "\"scheduler_share\":%.5f,\"steps\":%llu}",
+               i ? "," : "", model_prec_name(rows[i].prec), srows[i].concurrency,
+               srows[i].decode_tok_s, srows[i].e2e_tok_s, srows[i].step_ms, srows[i].sched_us,
+               srows[i].sched_share, (unsigned long long)srows[i].steps);
+      else
+        printf("%s{\"precision\":\"%s\",\"batch\":%d,\"decode_tok_s\":%.3f,\"step_ms\":%.4f,"
+               "\"weight_gb_s\":%.3f}",
+               i ? "," : "", model_prec_name(rows[i].prec), rows[i].batch, rows[i].tok_s,
+               rows[i].step_ms, rows[i].gb_s);
     printf("]}\n");
   }
   rc = 0;

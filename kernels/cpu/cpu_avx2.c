@@ -276,11 +276,11 @@ static const av_rows_fn av_rows[3][CPU_MM_TILE + 1] = {
 };
 
 /* Columns are walked in chunks of AV_KC over AV_RB rows at a time, so a
- * full tile's x (CPU_MM_TILE tokens x AV_KC floats, 8 KiB) stays in L1 while
+ * full tile's x (CPU_MM_TILE tokens x AV_KC floats, 16 KiB) stays in L1 while
  * the rows stream past. The chunk width is the same for every tile width:
  * chunk partial sums are added in column order, and a fixed width keeps a
  * token's rounding independent of its batch (batch invariance). */
-#define AV_KC 512
+#define AV_KC 1024
 #define AV_RB 16
 
 static void av_mm_rows(const cpu_mm *m, int32_t r0, int32_t r1) {

@@ -11,8 +11,8 @@ scripts/deps.sh
 ninja -C build >/dev/null
 gguf=$(scripts/fetch-model.sh)
 question=${1:-"A farmer has 12 cows and buys 7 more. Then 5 cows wander off. How many cows does the farmer have now?"}
-prompt=$'<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n'"$question"$'<|im_end|>\n<|im_start|>assistant\n'
 echo "model: $gguf"
 echo "user:  $question"
 printf 'smollm2: '
-build/tools/ballast generate --model "$gguf" --prompt "$prompt" --max-tokens 160
+# --chat applies the model's own chat template (SmolLM2's, from the GGUF)
+build/tools/ballast generate --model "$gguf" --chat --prompt "$question" --max-tokens 160

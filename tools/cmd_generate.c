@@ -17,10 +17,12 @@
 #include "gen_config.h"
 #include "runner.h"
 #include "sampler.h"
+#include "chat.h"
 #include "stop.h"
 
 static const char *usage =
-    "usage: ballast generate --model PATH (--prompt TEXT | --prompt-ids 1,2,3)\n"
+    "usage: ballast generate --model PATH (--prompt TEXT | --prompt-ids 1,2,3 | --messages JSON)\n"
+    "         [--chat] [--system TEXT] [--no-think] [--chat-template qwen3|smollm2|chatml]\n"
     "         [--precision auto|fp16|w4|w2] [--group-size N] [--max-tokens N]\n"
     "         [--temperature T] [--top-k K] [--top-p P] [--min-p P] [--seed S]\n"
     "         [--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F]\n"
@@ -34,7 +36,11 @@ static const char *usage =
     "before the string; --stop-id ends it at the token; the model's end tokens\n"
     "stop too unless --ignore-eos. --logprobs N (0..20) adds, per generated token,\n"
     "its logprob and the N most likely ids to the --json output. --seed defaults\n"
-    "to 0, so runs repeat.\n";
+    "to 0, so runs repeat.\n"
+    "--chat renders --prompt as a user turn (after --system, if given) with the\n"
+    "model's chat template and the assistant generation prompt; --messages takes\n"
+    "a whole conversation as an OpenAI-style JSON array and implies --chat.\n"
+    "--no-think turns Qwen3's thinking off (an empty think block).\n";
 
 enum { MAX_STOP_FLAGS = STOP_MAX_STRS, MAX_STOP_ID_FLAGS = 16 };
 
@@ -124,26 +130,80 @@ static void print_json(const model *m, const gen_req *rq, const int32_t *prompt,
          np, g->n, g->prefill_s, g->decode_s, g->prefill_s > 0 ? np / g->prefill_s : 0, dtps);
 }
 
-static bl_status parse_prompt(model *m, const char *text, const char *ids, int32_t **out,
-                              int32_t *n, bl_err *err) {
-  if (ids) {
-    int32_t cap = (int32_t)strlen(ids) / 2 + 1;
-    *out = malloc((size_t)cap * sizeof **out);
-    int cnt;
-    if (!*out || !cli_int_list(ids, *out, cap, &cnt))
-      return bl_fail(err, BL_EINVAL, "--prompt-ids: expected comma-separated token ids");
-    *n = cnt;
-    for (int i = 0; i < cnt; i++)
-      if ((*out)[i] >= m->cfg.vocab)
-        return bl_fail(err, BL_EINVAL, "--prompt-ids: id %d outside the vocabulary (%d)", (*out)[i],
-                       m->cfg.vocab);
-    return BL_OK;
+/* "1,2,3": token ids, each below the vocabulary size. */
+static bl_status parse_ids(const model *m, const char *s, int32_t **out, int32_t *n, bl_err *err) {
+  size_t cap = strlen(s) / 2 + 1;
+  *out = malloc(cap * sizeof **out);
+  if (!*out) return bl_fail(err, BL_ENOMEM, "out of memory");
+  *n = 0;
+  for (const char *p = s;;) {
+    char *end;
+    long v = strtol(p, &end, 10);
+    if (end == p || v < 0 || v >= m->cfg.vocab || (*end && *end != ','))
+      return bl_fail(err, BL_EINVAL,
+                     "--prompt-ids: expected comma-separated token ids below %d, at '%.20s'",
+                     m->cfg.vocab, p);
+    (*out)[(*n)++] = (int32_t)v;
+    if (!*end) return BL_OK;
+    p = end + 1;
   }
+}
+
+typedef struct chat_flags {
+  bool on, no_think;
+  const char *system, *messages, *template_name;
+} chat_flags;
+
+/* The prompt text through the chat template (see chat.h). */
+static bl_status render_chat(const model *m, const char *text, const chat_flags *cf, char **out,
+                             bl_err *err) {
+  chat_template t;
+  if (cf->template_name) {
+    bl_status st = chat_template_parse(cf->template_name, &t, err);
+    if (st) return st;
+  } else {
+    t = chat_template_detect(tok_chat_template(m->tok),
+                             m->cfg.arch == MODEL_ARCH_QWEN3 ? "qwen3" : "llama");
+    if (t == CHAT_UNKNOWN)
+      return bl_fail(err, BL_EINVAL,
+                     "%s: its chat template is not one ballast renders natively; pass "
+                     "--chat-template qwen3|smollm2|chatml",
+                     m->path);
+  }
+  chat_message own[2], *msgs = own, *parsed = NULL;
+  size_t n = 0;
+  if (cf->messages) {
+    bl_status st = chat_parse_messages_json(cf->messages, strlen(cf->messages), &parsed, &n, err);
+    if (st) return st;
+    msgs = parsed;
+  } else {
+    if (cf->system)
+      own[n++] = (chat_message){
+          .role = CHAT_SYSTEM, .content = cf->system, .content_len = strlen(cf->system)};
+    own[n++] = (chat_message){.role = CHAT_USER, .content = text, .content_len = strlen(text)};
+  }
+  chat_opts o = {.add_generation_prompt = true, .disable_thinking = cf->no_think};
+  size_t len;
+  bl_status st = chat_render(t, msgs, n, &o, out, &len, err);
+  free(parsed);
+  return st;
+}
+
+static bl_status parse_prompt(model *m, const char *text, const char *ids, const chat_flags *cf,
+                              int32_t **out, int32_t *n, bl_err *err) {
+  if (ids) return parse_ids(m, ids, out, n, err);
   if (!m->tok)
     return bl_fail(err, BL_EINVAL, "%s has no tokenizer: pass --tokenizer or --prompt-ids",
                    m->path);
+  char *chat = NULL;
+  if (cf->on) {
+    bl_status st = render_chat(m, text, cf, &chat, err);
+    if (st) return st;
+    text = chat;
+  }
   size_t cnt;
   bl_status st = tok_encode(m->tok, text, strlen(text), true, out, &cnt, err);
+  free(chat);
   if (st) return st;
   *n = (int32_t)cnt;
   if (cnt == 0) return bl_fail(err, BL_EINVAL, "the prompt is empty");
@@ -328,6 +388,11 @@ int cmd_generate(int argc, char **argv) {
                   {"--threads", 1, NULL},
                   {"--tokenizer", 1, NULL},
                   {"--json", 0, NULL},
+                  {"--chat", 0, NULL},
+                  {"--system", 1, NULL},
+                  {"--messages", 1, NULL},
+                  {"--no-think", 0, NULL},
+                  {"--chat-template", 1, NULL},
                   {"--help", 0, NULL}};
   int nf = (int)(sizeof f / sizeof *f);
   const char *stop_v[MAX_STOP_FLAGS], *stop_id_v[MAX_STOP_ID_FLAGS];
@@ -340,7 +405,12 @@ int cmd_generate(int argc, char **argv) {
   }
   const char *path = cli_get(f, nf, "--model"), *prompt = cli_get(f, nf, "--prompt");
   const char *prompt_ids = cli_get(f, nf, "--prompt-ids");
-  if (!path || (!prompt == !prompt_ids)) {
+  chat_flags cf = {.system = cli_get(f, nf, "--system"),
+                   .messages = cli_get(f, nf, "--messages"),
+                   .template_name = cli_get(f, nf, "--chat-template"),
+                   .no_think = cli_get(f, nf, "--no-think") != NULL};
+  cf.on = cli_get(f, nf, "--chat") || cf.messages || cf.system || cf.no_think || cf.template_name;
+  if (!path || (!!prompt + !!prompt_ids + !!cf.messages) != 1 || (prompt_ids && cf.on)) {
     fputs(usage, stderr);
     return 2;
   }
@@ -373,7 +443,7 @@ int cmd_generate(int argc, char **argv) {
       model_sampling_defaults(m->path, m->cfg.arch, &rq.sp, &rq.defaults, &err) ||
       stop_flags(m, &multi[0], &multi[1], cli_get(f, nf, "--ignore-eos") != NULL, &rq.stops,
                  &err) ||
-      parse_prompt(m, prompt, prompt_ids, &ids, &np, &err))
+      parse_prompt(m, prompt, prompt_ids, &cf, &ids, &np, &err))
     goto done;
   sampling_flags(f, nf, &rq.sp); /* the request's values win */
   if (generate(m, ids, np, &rq, &g, &err)) goto done;

@@ -3,7 +3,9 @@
  *
  * Cache layout (backend.h): per layer [n_blocks][n_kv_heads] units of
  * block_size rows; slot = block * block_size + offset. Attention runs one
- * (token, head) pair per work item with an online softmax in float32, one
+ * (token, kv head) per work item, covering the query heads of its GQA group
+ * (so a quantized block is decoded once per group), with an online softmax
+ * per head in float32, one
  * cache block at a time (cpu_kern.attn_block: scores for a run of
  * positions, one rescale of the running output if the maximum grew, then
  * the V accumulation). fp16 blocks are read in place; fp8 and nvfp4 blocks
@@ -119,56 +121,68 @@ typedef struct cpu_attn_job {
   const bk_attn_batch *b;
   const bk_heads *h;
   float ts_k, ts_v; /* the layer's tensor scales (formats that have them) */
-  float *tmp;       /* [n_threads][stride]: q of the current head, pre-scaled [hd];
+  float *tmp;       /* [n_threads][stride]: q of the group's heads, pre-scaled [group][hd];
                        quantized formats: then K and V decoded [block_size][hd] each */
   size_t stride;
   _Atomic int bad; /* a sequence, position or block id was out of range */
 } cpu_attn_job;
 
-/* One (token, head): returns false on an out-of-range id. */
-static bool cpu_attn_one(cpu_attn_job *j, int32_t t, int32_t hh, float *qs) {
+/* One (token, kv head): every query head of the GQA group at once, so a
+ * quantized block is decoded once per group rather than once per head.
+ * Each head's online softmax sees the same blocks in the same order as it
+ * would alone. Returns false on an out-of-range id. */
+static bool cpu_attn_group(cpu_attn_job *j, int32_t t, int32_t kvh, float *qs) {
   const bk_heads *h = j->h;
   const bk_kv_cache *kv = j->kv;
   const bk_attn_batch *b = j->b;
-  int32_t hd = h->head_dim, bs = kv->block_size;
-  int32_t kvh = hh / (h->n_heads / h->n_kv_heads);
-  const float *qv = j->q + ((size_t)t * h->n_heads + hh) * hd;
-  float *o = j->out + ((size_t)t * h->n_heads + hh) * hd;
-  float scale = 1.0f / sqrtf((float)hd);
-  for (int32_t i = 0; i < hd; i++)
-    qs[i] = qv[i] * scale;
-  for (int32_t i = 0; i < hd; i++)
-    o[i] = 0;
+  int32_t hd = h->head_dim, bs = kv->block_size, grp = h->n_heads / h->n_kv_heads;
+  float scale = 1.0f / sqrtf((float)hd), m[CPU_ATTN_MAX_GROUP], l[CPU_ATTN_MAX_GROUP];
+  for (int32_t g = 0; g < grp; g++) {
+    int32_t hh = kvh * grp + g;
+    const float *qv = j->q + ((size_t)t * h->n_heads + hh) * hd;
+    float *o = j->out + ((size_t)t * h->n_heads + hh) * hd;
+    for (int32_t i = 0; i < hd; i++) {
+      qs[(size_t)g * hd + i] = qv[i] * scale;
+      o[i] = 0;
+    }
+    m[g] = -INFINITY;
+    l[g] = 0;
+  }
   int32_t seq = b->tok_seq[t], npos = b->tok_pos[t] + 1;
   if (seq < 0 || seq >= b->n_seq || npos < 1 || npos > b->max_blocks * bs) return false;
   const int32_t *bt = b->block_tables + (size_t)seq * b->max_blocks;
   size_t ub = bk_kv_unit_bytes(kv);
-  float *kf = qs + hd, *vf = kf + (size_t)bs * hd; /* quantized formats only */
-  float m = -INFINITY, l = 0;
+  float *kf = qs + (size_t)grp * hd, *vf = kf + (size_t)bs * hd; /* quantized formats only */
+  float *out0 = j->out + ((size_t)t * h->n_heads + (size_t)kvh * grp) * hd;
   for (int32_t p0 = 0; p0 < npos; p0 += bs) {
     int32_t blk = bt[p0 / bs];
     if (blk < 0 || blk >= kv->n_blocks) return false;
     size_t base = ((size_t)blk * kv->n_kv_heads + kvh) * ub;
     int32_t cnt = npos - p0 < bs ? npos - p0 : bs;
     if (kv->fmt == BK_KV_F16) {
-      j->k->attn_block(qs, (const uint16_t *)(const void *)(j->kc + base),
-                       (const uint16_t *)(const void *)(j->vc + base), cnt, hd, o, &m, &l);
+      for (int32_t g = 0; g < grp; g++)
+        j->k->attn_block(qs + (size_t)g * hd, (const uint16_t *)(const void *)(j->kc + base),
+                         (const uint16_t *)(const void *)(j->vc + base), cnt, hd,
+                         out0 + (size_t)g * hd, &m[g], &l[g]);
       continue;
     }
     cpu_kv_dequant_rows(kv, j->kc + base, cnt, j->ts_k, kf);
     cpu_kv_dequant_rows(kv, j->vc + base, cnt, j->ts_v, vf);
-    j->k->attn_block_f32(qs, kf, vf, cnt, hd, o, &m, &l);
+    for (int32_t g = 0; g < grp; g++)
+      j->k->attn_block_f32(qs + (size_t)g * hd, kf, vf, cnt, hd, out0 + (size_t)g * hd, &m[g],
+                           &l[g]);
   }
-  j->k->scale(o, 1.0f / l, hd);
+  for (int32_t g = 0; g < grp; g++)
+    j->k->scale(out0 + (size_t)g * hd, 1.0f / l[g], hd);
   return true;
 }
 
 static void cpu_attn_run(void *arg, int64_t i0, int64_t i1, int tid) {
   cpu_attn_job *j = arg;
   float *qs = j->tmp + (size_t)tid * j->stride;
+  int32_t nkv = j->h->n_kv_heads;
   for (int64_t i = i0; i < i1; i++) {
-    if (!cpu_attn_one(j, (int32_t)(i / j->h->n_heads), (int32_t)(i % j->h->n_heads), qs))
-      atomic_store(&j->bad, 1);
+    if (!cpu_attn_group(j, (int32_t)(i / nkv), (int32_t)(i % nkv), qs)) atomic_store(&j->bad, 1);
   }
 }
 
@@ -180,6 +194,13 @@ bl_status cpu_attention(bk_backend *be, float *out, const float *q, const bk_kv_
            (int)kv->fmt, (int)h->head_dim, (int)kv->head_dim);
     return BL_EINVAL;
   }
+  if (h->n_kv_heads < 1 || h->n_heads % h->n_kv_heads ||
+      h->n_heads / h->n_kv_heads > CPU_ATTN_MAX_GROUP) {
+    bl_log(BL_LOG_ERROR, "cpu: attention: %d query heads over %d kv heads is not supported",
+           (int)h->n_heads, (int)h->n_kv_heads);
+    return BL_EINVAL;
+  }
+  size_t grp = (size_t)(h->n_heads / h->n_kv_heads);
   size_t decoded = kv->fmt == BK_KV_F16 ? 0 : 2 * (size_t)kv->block_size * (size_t)h->head_dim;
   cpu_attn_job j = {.k = c->k,
                     .out = out,
@@ -189,7 +210,7 @@ bl_status cpu_attention(bk_backend *be, float *out, const float *q, const bk_kv_
                     .kv = kv,
                     .b = b,
                     .h = h,
-                    .stride = cpu_thr_stride((size_t)h->head_dim + decoded)};
+                    .stride = cpu_thr_stride(grp * (size_t)h->head_dim + decoded)};
   if (bk_kv_tensor_scaled(kv->fmt, kv->scaling)) {
     j.ts_k = kv->tensor_scales[2 * (size_t)layer];
     j.ts_v = kv->tensor_scales[2 * (size_t)layer + 1];
@@ -199,8 +220,8 @@ bl_status cpu_attention(bk_backend *be, float *out, const float *q, const bk_kv_
   int64_t npos = 0; /* sizes the chunks: work per item is about 4 * hd * positions */
   for (int32_t t = 0; t < b->n_tok; t++)
     npos += b->tok_pos[t] + 1;
-  int64_t per_item = b->n_tok ? 4 * (int64_t)h->head_dim * (npos / b->n_tok) : 1;
-  cpu_pool_for(c->pool, (int64_t)b->n_tok * h->n_heads, cpu_grain(per_item), cpu_attn_run, &j);
+  int64_t per_item = b->n_tok ? 4 * (int64_t)grp * h->head_dim * (npos / b->n_tok) : 1;
+  cpu_pool_for(c->pool, (int64_t)b->n_tok * h->n_kv_heads, cpu_grain(per_item), cpu_attn_run, &j);
   if (atomic_load(&j.bad)) {
     bl_log(BL_LOG_ERROR, "cpu: attention: a token's sequence, position or block id is out of "
                          "range of the batch or cache");

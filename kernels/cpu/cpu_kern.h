@@ -14,6 +14,8 @@
 
 /* Tokens per matmul tile: each weight row is read once per tile. */
 #define CPU_MM_TILE 4
+/* Query heads per kv head that attention handles (GQA group size). */
+#define CPU_ATTN_MAX_GROUP 16
 /* Cache positions scored at once by attn_block (a stack array of floats). */
 #define CPU_ATTN_RUN 64
 

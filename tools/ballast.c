@@ -12,7 +12,7 @@ typedef struct subcmd {
 
 static const subcmd k_cmds[] = {
     {"generate", cmd_generate, "generate text offline from a model"},
-    {"bench", cmd_bench, "decode tokens/s per precision and batch size"},
+    {"bench", cmd_bench, "decode tokens/s per precision and batch, or through the scheduler"},
     {"quantize", cmd_quantize, "write a GPTQ-format 2/4-bit copy of a model"},
     {"kv-capacity", cmd_kv_capacity, "concurrent sequences per KV format in a memory budget"},
     {"tokenize", cmd_tokenize, "encode JSON strings to ids, or decode ids (one per line)"},
@@ -26,6 +26,6 @@ int main(int argc, char **argv) {
   FILE *out = argc >= 2 && strcmp(argv[1], "--help") != 0 ? stderr : stdout;
   if (argc >= 2 && out == stderr) fprintf(stderr, "ballast: unknown command '%s'\n", argv[1]);
   fprintf(out, "usage: ballast COMMAND [flags]   (ballast COMMAND --help for its flags)\n\n");
-  for (size_t i = 0; i < n; i++) fprintf(out, "  %-10s %s\n", k_cmds[i].name, k_cmds[i].help);
+  for (size_t i = 0; i < n; i++) fprintf(out, "  %-12s %s\n", k_cmds[i].name, k_cmds[i].help);
   return out == stderr ? 2 : 0;
 }

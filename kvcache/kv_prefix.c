@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bl_hash.h"
 #include "kv_format.h"
 
 enum { SLOT_EMPTY = -1 };
@@ -44,18 +45,10 @@ void kv_prefix_free(kv_prefix *pre) {
 
 /* ---- keys and the table ------------------------------------------------ */
 
-static uint64_t mix(uint64_t x) { /* splitmix64 finalizer */
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
 static uint64_t chain_key(uint64_t parent, const int32_t *t, int32_t n) {
-  uint64_t h = mix(parent ^ 0x9e3779b97f4a7c15ull);
+  uint64_t h = bl_mix64(parent ^ 0x9e3779b97f4a7c15ull);
   for (int32_t i = 0; i < n; i++)
-    h = mix(h ^ (uint32_t)t[i]);
+    h = bl_mix64(h ^ (uint32_t)t[i]);
   return h ? h : 1; /* 0 means "no parent" */
 }
 

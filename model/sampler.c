@@ -8,6 +8,7 @@
  * Both paths weigh a token as sampler_exp_neg((zmax - z) / T), 0 beyond
  * DMAX (see sampler_hist.c), so they agree where both apply. */
 #include "sampler.h"
+#include "bl_hash.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -49,14 +50,9 @@ sampler_work sampler_work_at(void *scratch, int32_t n) {
 
 /* ---- random draw ---- */
 
-/* splitmix64 finalizer: a good 64-bit mix, so hashing (seed, counter) gives
- * independent streams without per-request generator state. */
-static uint64_t mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
+/* splitmix64 (golden-ratio step, then the finalizer): hashing (seed,
+ * counter) gives independent streams without per-request generator state. */
+static uint64_t mix64(uint64_t x) { return bl_mix64(x + 0x9e3779b97f4a7c15ull); }
 
 double sampler_uniform(uint64_t seed, uint64_t counter) {
   uint64_t r = mix64(mix64(seed) ^ counter);

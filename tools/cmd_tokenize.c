@@ -9,6 +9,7 @@
 #include <cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 #include "cli.h"
 #include "cmds.h"
@@ -50,18 +51,6 @@ static int hex4(const char *p) {
   return v;
 }
 
-static size_t put_cp(char *o, uint32_t cp) {
-  if (cp < 0x80) return o[0] = (char)cp, 1;
-  if (cp < 0x800) return o[0] = (char)(0xC0 | cp >> 6), o[1] = (char)(0x80 | (cp & 0x3F)), 2;
-  if (cp < 0x10000) {
-    o[0] = (char)(0xE0 | cp >> 12), o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    return o[2] = (char)(0x80 | (cp & 0x3F)), 3;
-  }
-  o[0] = (char)(0xF0 | cp >> 18), o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-  o[2] = (char)(0x80 | ((cp >> 6) & 0x3F)), o[3] = (char)(0x80 | (cp & 0x3F));
-  return 4;
-}
-
 /* One JSON string literal (RFC 8259) making up the whole line, decoded into
  * out (at least n bytes). Written here rather than taken from cJSON because
  * cJSON keeps strings NUL-terminated and would cut "a\u0000b" short. Raw
@@ -98,7 +87,7 @@ static const char *json_string(const char *s, size_t n, char *out, size_t *len) 
       cp = 0x10000 + (((uint32_t)hi - 0xD800) << 10) + ((uint32_t)lo - 0xDC00);
       i += 6;
     }
-    o += put_cp(out + o, cp);
+    o += (size_t)utf8proc_encode_char((utf8proc_int32_t)cp, (utf8proc_uint8_t *)out + o);
   }
   if (i >= n) return "invalid JSON (unterminated string)";
   if (i + 1 != n) return "invalid JSON (text after the string)";

@@ -4,6 +4,7 @@
  * rows use dot = sum_g scale_g * sum_{k in g} q_k x_k + min_g * sum_{k in g} x_k
  * with x in natural (perm-gathered) order. */
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "bl_half.h"
@@ -113,30 +114,6 @@ static void sc_scale(float *y, float a, int32_t n) {
     y[i] *= a;
 }
 
-static void sc_attn_block(const float *qs, const uint16_t *kb, const uint16_t *vb, int32_t cnt,
-                          int32_t hd, float *o, float *m, float *l) {
-  float s[CPU_ATTN_RUN];
-  for (int32_t c0 = 0; c0 < cnt; c0 += CPU_ATTN_RUN) {
-    int32_t cc = cnt - c0 < CPU_ATTN_RUN ? cnt - c0 : CPU_ATTN_RUN;
-    float mx = -INFINITY;
-    for (int32_t i = 0; i < cc; i++) {
-      s[i] = sc_dot_f16(qs, kb + (size_t)(c0 + i) * hd, hd);
-      mx = s[i] > mx ? s[i] : mx;
-    }
-    if (mx > *m) {
-      float a = expf(*m - mx);
-      sc_scale(o, a, hd);
-      *l *= a;
-      *m = mx;
-    }
-    for (int32_t i = 0; i < cc; i++) {
-      float p = expf(s[i] - *m);
-      *l += p;
-      sc_axpy_f16(o, p, vb + (size_t)(c0 + i) * hd, hd);
-    }
-  }
-}
-
 static float sc_dot_f32(const float *x, const float *y, int32_t n) {
   float s = 0;
   for (int32_t i = 0; i < n; i++)
@@ -149,14 +126,18 @@ static void sc_axpy_f32(float *y, float a, const float *x, int32_t n) {
     y[i] += a * x[i];
 }
 
-static void sc_attn_block_f32(const float *qs, const float *kb, const float *vb, int32_t cnt,
-                              int32_t hd, float *o, float *m, float *l) {
+/* One online-softmax fold over cnt cached rows; K/V rows are fp16 or, for
+ * decoded quantized blocks, float32 (one body, as on the AVX2 path). */
+static inline void sc_attn_block_kv(const float *qs, const void *kb, const void *vb, int32_t cnt,
+                                    int32_t hd, float *o, float *m, float *l, bool f32) {
   float s[CPU_ATTN_RUN];
   for (int32_t c0 = 0; c0 < cnt; c0 += CPU_ATTN_RUN) {
     int32_t cc = cnt - c0 < CPU_ATTN_RUN ? cnt - c0 : CPU_ATTN_RUN;
     float mx = -INFINITY;
     for (int32_t i = 0; i < cc; i++) {
-      s[i] = sc_dot_f32(qs, kb + (size_t)(c0 + i) * hd, hd);
+      size_t r = (size_t)(c0 + i) * hd;
+      s[i] = f32 ? sc_dot_f32(qs, (const float *)kb + r, hd)
+                 : sc_dot_f16(qs, (const uint16_t *)kb + r, hd);
       mx = s[i] > mx ? s[i] : mx;
     }
     if (mx > *m) {
@@ -167,10 +148,24 @@ static void sc_attn_block_f32(const float *qs, const float *kb, const float *vb,
     }
     for (int32_t i = 0; i < cc; i++) {
       float p = expf(s[i] - *m);
+      size_t r = (size_t)(c0 + i) * hd;
       *l += p;
-      sc_axpy_f32(o, p, vb + (size_t)(c0 + i) * hd, hd);
+      if (f32)
+        sc_axpy_f32(o, p, (const float *)vb + r, hd);
+      else
+        sc_axpy_f16(o, p, (const uint16_t *)vb + r, hd);
     }
   }
+}
+
+static void sc_attn_block(const float *qs, const uint16_t *kb, const uint16_t *vb, int32_t cnt,
+                          int32_t hd, float *o, float *m, float *l) {
+  sc_attn_block_kv(qs, kb, vb, cnt, hd, o, m, l, false);
+}
+
+static void sc_attn_block_f32(const float *qs, const float *kb, const float *vb, int32_t cnt,
+                              int32_t hd, float *o, float *m, float *l) {
+  sc_attn_block_kv(qs, kb, vb, cnt, hd, o, m, l, true);
 }
 
 static void sc_to_f16(uint16_t *dst, const float *src, int32_t n) {

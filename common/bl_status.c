@@ -15,6 +15,7 @@ const char *bl_status_str(bl_status s) {
   case BL_EUNSUPPORTED: return "unsupported";
   case BL_EDEVICE: return "device error";
   case BL_ERANGE: return "out of range";
+  case BL_ECANCELED: return "cancelled";
   }
   return "unknown status";
 }

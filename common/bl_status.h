@@ -19,6 +19,7 @@ typedef enum bl_status {
   BL_EUNSUPPORTED,/* valid but not handled (unknown architecture, dtype) */
   BL_EDEVICE,     /* a device call failed */
   BL_ERANGE,      /* value outside limits */
+  BL_ECANCELED,   /* the caller cancelled the work */
 } bl_status;
 
 const char *bl_status_str(bl_status s);

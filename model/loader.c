@@ -355,7 +355,7 @@ bl_status model_load(const char *path, const model_load_opts *opts, bk_backend *
     snprintf(tj, sizeof tj, "%s/tokenizer.json", path);
     if (!opts->tokenizer_path && stat(tj, &sb) == 0 && (st = tok_load_json(tj, &m->tok, err))) goto fail;
   }
-  if (opts->tokenizer_path && (st = tok_load_json(opts->tokenizer_path, &m->tok, err))) goto fail;
+  if (opts->tokenizer_path && (st = model_load_tokenizer(opts->tokenizer_path, &m->tok, err))) goto fail;
   model_config *c = &m->cfg;
   m->prec = opts->precision == MODEL_PREC_AUTO ? stored : opts->precision;
   m->group_size = 0;

@@ -55,7 +55,8 @@ typedef struct model_load_opts {
   model_prec precision; /* target precision of the linear layers */
   int32_t group_size;   /* when quantizing at load: 0 = largest of 128/64/32 dividing every width */
   bool sym;             /* when quantizing at load: symmetric groups */
-  const char *tokenizer_path; /* override: a tokenizer.json; NULL = from the model */
+  const char *tokenizer_path; /* override: a tokenizer.json, a folder holding one or a .gguf;
+                               * NULL = from the model */
 } model_load_opts;
 
 typedef struct model_store model_store; /* host memory and mappings behind the weights */

@@ -87,6 +87,7 @@ bl_status sched_pool_create(const sched_pool_cfg *cfg, sched_pool **out, bl_err 
 }
 
 const char *sched_pool_name(const sched_pool *p) { return p->name; }
+model *sched_pool_model(const sched_pool *p) { return p->m; }
 
 static void drop(sched_pool *p, sched_seq *s) {
   kv_release(&p->kv, PRE(p), &s->kv);
@@ -433,6 +434,23 @@ static void after_forward(sched_pool *p) {
   }
 }
 
+/* A step that only decoded: batch tokens in dt seconds. */
+static void record_decode(sched_pool *p, int32_t batch, double dt) {
+  if (batch > SCHED_TPS_MAX_BATCH || dt <= 0) return;
+  sched_tps *t = &p->acc.decode_tps[batch];
+  double tps = batch / dt;
+  t->ewma = t->steps ? t->ewma + (tps - t->ewma) / 8 : tps;
+  t->steps++;
+  t->sum_s += dt;
+}
+
+double sched_tps_at(const sched_stats *s, int32_t batch, bool live) {
+  if (batch < 1 || batch > SCHED_TPS_MAX_BATCH) return 0;
+  const sched_tps *t = &s->decode_tps[batch];
+  if (!t->steps) return 0;
+  return live ? t->ewma : (double)t->steps * batch / t->sum_s;
+}
+
 /* Copy the stepping thread's counters where other threads read them. */
 static void publish(sched_pool *p) {
   p->acc.running = p->n_running;
@@ -480,6 +498,7 @@ bl_status sched_pool_step(sched_pool *p, bool *idle, bl_err *err) {
     after_forward(p);
   }
   double t1 = sched_now();
+  if (!st && n > 0 && n == n_rows) record_decode(p, n_rows, t1 - t0);
   p->acc.steps++;
   p->acc.forward_s += f1 - f0;
   p->acc.schedule_s += (t1 - t0) - (f1 - f0);

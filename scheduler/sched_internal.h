@@ -34,6 +34,11 @@ typedef struct sched_seq {
   char *text; /* text released by the current event [text_len] */
   size_t text_len, text_cap;
   int32_t n_cached, n_preempted;
+  /* trace hooks (when tracking) */
+  sched_loop_mode loop_mode;
+  sched_loop loop;
+  bool loop_pending; /* fired while replaying a moved request's generated tokens */
+  sched_answer *answer;
   bool admitted_once;
   uint64_t wait_since; /* step when it last started waiting */
   /* this step's plan */

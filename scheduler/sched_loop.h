@@ -34,7 +34,6 @@ typedef struct sched_loop {
   int32_t *tok;   /* [t] ring: generated tokens by position mod t */
   uint64_t *hash; /* [t] ring: hash of the n-gram starting at a position */
   int64_t *next;  /* [t] ring: next start of the same n-gram, or -1 */
-  int32_t *slot;  /* [t] ring: table slot of the n-gram starting there */
   struct sched_loop_ent *table;
   uint32_t cap;
   uint64_t pow; /* B^(n-1) for the rolling hash */

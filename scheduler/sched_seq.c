@@ -14,6 +14,7 @@ const char *sched_finish_name(sched_finish f) {
   case SCHED_FIN_CANCELLED: return "cancelled";
   case SCHED_FIN_DEADLINE: return "deadline";
   case SCHED_FIN_ERROR: return "error";
+  case SCHED_FIN_LOOP: return "loop";
   }
   return "?";
 }
@@ -56,6 +57,44 @@ static bl_status copy_stop(sched_pool *p, sched_seq *s, const sched_req *r, bl_e
   if (!st && s->stop.n_strs && !p->m->tok)
     return bl_fail(err, BL_EINVAL, "stop strings need a tokenizer; %s has none", p->m->path);
   return st;
+}
+
+/* Loop detector and answer tracker, when the request tracks its trace. */
+static bl_status init_trace(sched_pool *p, sched_seq *s, const sched_req *r, bl_err *err) {
+  s->loop_mode = r->loop ? r->loop : p->cfg.loop;
+  if (!s->loop_mode) s->loop_mode = SCHED_LOOP_OFF;
+  if (s->loop_mode == SCHED_LOOP_OFF && r->task == SCHED_TASK_NONE) return BL_OK;
+  bl_status st = BL_OK;
+  if (s->loop_mode != SCHED_LOOP_OFF && (st = sched_loop_init(&s->loop, &r->loop_params, err)))
+    return st;
+  s->answer = calloc(1, sizeof *s->answer);
+  if (!s->answer) return bl_fail(err, BL_ENOMEM, "out of memory for a request");
+  if ((st = sched_answer_init(s->answer, r->task, r->labels, r->think_open, err))) {
+    free(s->answer);
+    s->answer = NULL;
+  }
+  return st;
+}
+
+/* A request that continues generated tokens (fallback from another pool)
+ * replays them through the text stream, loop detector and answer tracker,
+ * so a split character or held stop-string prefix carries over, and
+ * positions stay generated-token indexes. Their text was sent before. */
+static bl_status replay_generated(sched_pool *p, sched_seq *s, bl_err *err) {
+  for (int32_t i = 0; i < s->n_gen; i++) {
+    int32_t tok = s->tokens[s->n_prompt + i];
+    s->text_len = 0;
+    bl_status st =
+        stop_stream_push(&s->ss, &s->stop, p->m->tok, tok, &s->text, &s->text_len, &s->text_cap);
+    if (!st && s->answer) st = sched_answer_feed(s->answer, i, s->text, s->text_len);
+    if (st) return bl_fail(err, BL_ENOMEM, "out of memory replaying generated tokens");
+    if (s->ss.hit.kind != STOP_NONE)
+      return bl_fail(err, BL_EINVAL, "generated token %d at %d is a stop: nothing to continue", tok,
+                     i);
+    if (s->loop_mode != SCHED_LOOP_OFF && sched_loop_push(&s->loop, tok)) s->loop_pending = true;
+  }
+  s->text_len = 0;
+  return BL_OK;
 }
 
 bl_status seq_create(sched_pool *p, const sched_req *r, sched_seq **out, bl_err *err) {
@@ -105,6 +144,10 @@ bl_status seq_create(sched_pool *p, const sched_req *r, sched_seq **out, bl_err 
     return st;
   }
   stop_stream_init(&s->ss);
+  if ((st = init_trace(p, s, r, err)) || (st = replay_generated(p, s, err))) {
+    seq_destroy(s);
+    return st;
+  }
   s->id = r->id;
   s->priority = r->priority;
   s->deadline = r->deadline;
@@ -123,6 +166,9 @@ void seq_destroy(sched_seq *s) {
   stop_set_free(&s->stop);
   stop_stream_free(&s->ss);
   free(s->text);
+  sched_loop_free(&s->loop); /* zeroed when never initialized */
+  if (s->answer) sched_answer_free(s->answer);
+  free(s->answer);
   free(s);
 }
 
@@ -135,6 +181,9 @@ static sched_event base_event(const sched_seq *s) {
                        .n_generated = s->n_gen,
                        .n_cached = s->n_cached,
                        .n_preempted = s->n_preempted,
+                       .loop_fire_at = s->loop.fired ? (int32_t)s->loop.fire_at : -1,
+                       .loop_onset = s->loop.fired ? (int32_t)s->loop.onset : -1,
+                       .answer = s->answer,
                        .tokens = s->tokens,
                        .n_tokens = s->n_tokens};
 }
@@ -146,6 +195,13 @@ bool seq_on_token(sched_pool *p, sched_seq *s, int32_t token, const sampler_logp
   sampler_seq_add_output(&s->counts, token); /* out of memory only weakens penalties */
   bl_status st =
       stop_stream_push(&s->ss, &s->stop, p->m->tok, token, &s->text, &s->text_len, &s->text_cap);
+  bool looped = false;
+  if (!st && s->loop_mode != SCHED_LOOP_OFF) {
+    looped = sched_loop_push(&s->loop, token) || s->loop_pending;
+    s->loop_pending = false;
+    if (looped) p->acc.loops++;
+  }
+  if (!st && s->answer) st = sched_answer_feed(s->answer, s->n_gen - 1, s->text, s->text_len);
   if (st) {
     seq_finish(p, s, SCHED_FIN_ERROR, (stop_hit){0}, "out of memory decoding text");
     return true;
@@ -159,6 +215,10 @@ bool seq_on_token(sched_pool *p, sched_seq *s, int32_t token, const sampler_logp
     seq_finish(p, s, SCHED_FIN_STOP, s->ss.hit, NULL);
     return true;
   }
+  if (looped && s->loop_mode == SCHED_LOOP_STOP) {
+    seq_finish(p, s, SCHED_FIN_LOOP, (stop_hit){0}, NULL);
+    return true;
+  }
   if (s->n_gen >= s->max_tokens) {
     seq_finish(p, s, SCHED_FIN_LENGTH, (stop_hit){0}, NULL);
     return true;
@@ -168,8 +228,14 @@ bool seq_on_token(sched_pool *p, sched_seq *s, int32_t token, const sampler_logp
 
 void seq_finish(sched_pool *p, sched_seq *s, sched_finish f, stop_hit hit, const char *error) {
   s->text_len = 0;
-  if (f == SCHED_FIN_LENGTH || f == SCHED_FIN_DEADLINE)
+  if (f == SCHED_FIN_LENGTH || f == SCHED_FIN_DEADLINE || f == SCHED_FIN_LOOP)
     stop_stream_finish(&s->ss, &s->stop, &s->text, &s->text_len, &s->text_cap);
+  if (s->answer) {
+    /* the flushed text still belongs to the last token */
+    if (s->text_len && sched_answer_feed(s->answer, s->n_gen - 1, s->text, s->text_len))
+      s->answer->oom = true;
+    sched_answer_finish(s->answer);
+  }
   sched_event ev = base_event(s);
   ev.finish = f;
   ev.stop = hit;

@@ -113,3 +113,10 @@ void sched_pool_stop(sched_pool *p) {
   pthread_join(p->thread, NULL);
   p->thread_on = false;
 }
+
+bool sched_pool_threaded(sched_pool *p) {
+  pthread_mutex_lock(&p->lock);
+  bool on = p->thread_on;
+  pthread_mutex_unlock(&p->lock);
+  return on;
+}

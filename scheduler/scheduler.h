@@ -34,6 +34,8 @@
 #include "bl_status.h"
 #include "model.h"
 #include "sampler.h"
+#include "sched_answer.h"
+#include "sched_loop.h"
 #include "stop.h"
 
 typedef struct sched_pool sched_pool;
@@ -45,7 +47,16 @@ typedef enum sched_finish {
   SCHED_FIN_CANCELLED, /* sched_cancel */
   SCHED_FIN_DEADLINE,  /* the deadline passed first */
   SCHED_FIN_ERROR,     /* event.error says why (e.g. a device error) */
+  SCHED_FIN_LOOP,      /* the loop detector fired (SCHED_LOOP_STOP): event.loop_* say where */
 } sched_finish;
+
+/* Per-token loop detection (sched_loop.h) on a request's generated tokens. */
+typedef enum sched_loop_mode {
+  SCHED_LOOP_DEFAULT = 0, /* the pool's setting */
+  SCHED_LOOP_OFF,
+  SCHED_LOOP_OBSERVE, /* record where it fires (event.loop_*), keep generating */
+  SCHED_LOOP_STOP,    /* end the request with SCHED_FIN_LOOP when it fires */
+} sched_loop_mode;
 
 const char *sched_finish_name(sched_finish f);
 
@@ -60,9 +71,12 @@ typedef struct sched_event {
   const char *error;                /* SCHED_FIN_ERROR */
   /* Usage, on every event: */
   int32_t n_prompt, n_generated;
-  int32_t n_cached;      /* prompt tokens served from the prefix cache (first admission) */
-  int32_t n_preempted;   /* times recomputed after preemption */
-  const int32_t *tokens; /* the history, prompt + generated, valid during the callback */
+  int32_t n_cached;    /* prompt tokens served from the prefix cache (first admission) */
+  int32_t n_preempted; /* times recomputed after preemption */
+  /* Trace state, when the request tracks it (loop detection on or a task): */
+  int32_t loop_fire_at, loop_onset; /* generated-token positions; -1: not fired */
+  const sched_answer *answer;       /* the answer tracker, or NULL; valid during the callback */
+  const int32_t *tokens;            /* the history, prompt + generated, valid during the callback */
   int32_t n_tokens;
 } sched_event;
 
@@ -81,6 +95,11 @@ typedef struct sched_req {
   bool ignore_eos;
   int32_t priority; /* lower = sooner */
   double deadline;  /* absolute, sched_now() clock; 0: none */
+  sched_loop_mode loop;
+  sched_loop_params loop_params; /* zeros: the paper's 1024 / 20 / 4 */
+  sched_task task;               /* answer tracking; NONE still tracks <think> when loop is on */
+  const char *labels;            /* choice labels (NULL: "ABCD") */
+  bool think_open;               /* the prompt ends inside a <think> block */
   sched_event_fn on_event;
   void *user;
 } sched_req;
@@ -95,12 +114,14 @@ typedef struct sched_pool_cfg {
   int32_t max_batched_tokens; /* tokens per step; 0: 512 */
   bool prefix_cache;          /* share full blocks of equal prefixes */
   int32_t aging_steps;        /* 0: 256 */
+  sched_loop_mode loop;       /* for requests that leave it DEFAULT; 0: off */
 } sched_pool_cfg;
 
 bl_status sched_pool_create(const sched_pool_cfg *cfg, sched_pool **out, bl_err *err);
 /* Stops the thread if running; unfinished requests end CANCELLED. */
 void sched_pool_destroy(sched_pool *p);
 const char *sched_pool_name(const sched_pool *p);
+model *sched_pool_model(const sched_pool *p);
 
 /* Validate and enqueue (thread-safe). Bad input is BL_EINVAL / BL_ERANGE with
  * the reason and no event; the request is then not queued. */
@@ -119,6 +140,16 @@ bl_status sched_pool_step(sched_pool *p, bool *idle, bl_err *err);
 /* Or run a thread that steps while there is work and sleeps otherwise. */
 bl_status sched_pool_start(sched_pool *p, bl_err *err);
 void sched_pool_stop(sched_pool *p);
+bool sched_pool_threaded(sched_pool *p); /* its thread runs */
+
+/* Decode throughput by batch size, from steps that only decoded (no prompt
+ * tokens): the step's wall time, scheduling and sampling included. */
+#define SCHED_TPS_MAX_BATCH 64
+typedef struct sched_tps {
+  uint64_t steps; /* pure-decode steps at this batch size */
+  double sum_s;   /* their total time */
+  double ewma;    /* moving tokens/s (alpha 1/8); 0 before the first step */
+} sched_tps;
 
 typedef struct sched_stats {
   uint64_t steps, forward_tokens, decode_tokens, prefill_tokens, generated_tokens;
@@ -127,7 +158,13 @@ typedef struct sched_stats {
   double forward_s;  /* time inside model_forward */
   double schedule_s; /* time in the step outside model_forward (scheduling, sampling, events) */
   uint64_t max_wait_steps; /* longest wait from arrival (or preemption) to admission */
+  uint64_t loops;          /* requests whose loop detector fired */
+  sched_tps decode_tps[SCHED_TPS_MAX_BATCH + 1]; /* [batch size] */
 } sched_stats;
+
+/* Tokens/s at one batch size from stats: the moving figure when live is
+ * true, else the mean over all steps; 0 when no step of that size ran. */
+double sched_tps_at(const sched_stats *s, int32_t batch, bool live);
 
 void sched_pool_stats(sched_pool *p, sched_stats *out); /* thread-safe */
 

@@ -16,6 +16,8 @@ static const subcmd k_cmds[] = {
     {"quantize", cmd_quantize, "write a GPTQ-format 2/4-bit copy of a model"},
     {"kv-capacity", cmd_kv_capacity, "concurrent sequences per KV format in a memory budget"},
     {"tokenize", cmd_tokenize, "encode JSON strings to ids, or decode ids (one per line)"},
+    {"trace", cmd_trace, "loop detection and rescue decisions on recorded traces (JSONL)"},
+    {"eval", cmd_eval, "a prompt set under each reasoning-control policy: accuracy, loops, speed-up"},
 };
 
 int main(int argc, char **argv) {

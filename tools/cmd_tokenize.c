@@ -9,10 +9,10 @@
 #include <cJSON.h>
 #include <stdlib.h>
 #include <string.h>
-#include <utf8proc.h>
 
 #include "cli.h"
 #include "cmds.h"
+#include "jsonl.h"
 #include "model.h"
 
 static const char *usage =
@@ -28,80 +28,13 @@ typedef struct tk_stats {
   double secs;
 } tk_stats;
 
-static void print_error(size_t line, const char *fmt, const char *detail) {
-  char msg[640];
-  int n = snprintf(msg, sizeof msg, "line %zu: ", line);
-  snprintf(msg + n, sizeof msg - (size_t)n, fmt, detail);
-  fputs("{\"error\":", stdout);
-  cli_json_str(stdout, msg, strlen(msg));
-  fputs("}\n", stdout);
-}
-
-static int hex4(const char *p) {
-  int v = 0;
-  for (int i = 0; i < 4; i++) {
-    char c = p[i];
-    int d = c >= '0' && c <= '9'   ? c - '0'
-            : c >= 'a' && c <= 'f' ? c - 'a' + 10
-            : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                   : -1;
-    if (d < 0) return -1;
-    v = v * 16 + d;
-  }
-  return v;
-}
-
-/* One JSON string literal (RFC 8259) making up the whole line, decoded into
- * out (at least n bytes). Written here rather than taken from cJSON because
- * cJSON keeps strings NUL-terminated and would cut "a\u0000b" short. Raw
- * bytes are copied as they are (tok_encode checks the UTF-8); escapes must
- * be valid, lone surrogates included. NULL on success, else the reason. */
-static const char *json_string(const char *s, size_t n, char *out, size_t *len) {
-  size_t i = 0, o = 0;
-  while (n && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ' || s[n - 1] == '\t'))
-    n--;
-  while (i < n && (s[i] == ' ' || s[i] == '\t'))
-    i++;
-  if (i == n || s[i] != '"') return "expected a JSON string";
-  for (i++; i < n && s[i] != '"'; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (c < 0x20) return "invalid JSON (control character in a string)";
-    if (c != '\\') {
-      out[o++] = (char)c;
-      continue;
-    }
-    if (++i == n) break;
-    const char *simple = strchr("\"\\/bfnrt", s[i]);
-    if (simple && s[i]) {
-      out[o++] = "\"\\/\b\f\n\r\t"[simple - "\"\\/bfnrt"];
-      continue;
-    }
-    int hi = s[i] == 'u' && i + 4 < n ? hex4(s + i + 1) : -1;
-    if (hi < 0) return "invalid JSON (bad escape)";
-    i += 4;
-    uint32_t cp = (uint32_t)hi;
-    if (hi >= 0xDC00 && hi <= 0xDFFF) return "invalid JSON (lone low surrogate)";
-    if (hi >= 0xD800 && hi <= 0xDBFF) {
-      int lo = i + 6 < n && s[i + 1] == '\\' && s[i + 2] == 'u' ? hex4(s + i + 3) : -1;
-      if (lo < 0xDC00 || lo > 0xDFFF) return "invalid JSON (lone high surrogate)";
-      cp = 0x10000 + (((uint32_t)hi - 0xD800) << 10) + ((uint32_t)lo - 0xDC00);
-      i += 6;
-    }
-    o += (size_t)utf8proc_encode_char((utf8proc_int32_t)cp, (utf8proc_uint8_t *)out + o);
-  }
-  if (i >= n) return "invalid JSON (unterminated string)";
-  if (i + 1 != n) return "invalid JSON (text after the string)";
-  *len = o;
-  return NULL;
-}
-
 static bool encode_line(const tok_tokenizer *t, const char *line, size_t n_line, size_t lineno,
                         bool special, tk_stats *s) {
   char *text = malloc(n_line + 1);
   size_t len = 0;
-  const char *why = text ? json_string(line, n_line, text, &len) : "out of memory";
+  const char *why = text ? jsonl_line_string(line, n_line, text, &len) : "out of memory";
   if (why) {
-    print_error(lineno, "%s", why);
+    jsonl_error(stdout, lineno, "%s", why);
     free(text);
     return false;
   }
@@ -113,7 +46,7 @@ static bool encode_line(const tok_tokenizer *t, const char *line, size_t n_line,
   s->secs += cli_now() - t0;
   free(text);
   if (st) {
-    print_error(lineno, "%s", err.msg);
+    jsonl_error(stdout, lineno, "%s", err.msg);
     return false;
   }
   s->bytes += len;
@@ -131,7 +64,7 @@ static bool encode_line(const tok_tokenizer *t, const char *line, size_t n_line,
 static bool decode_line(const tok_tokenizer *t, const char *line, size_t lineno, tk_stats *s) {
   cJSON *j = cJSON_Parse(line);
   if (!j || !cJSON_IsArray(j)) {
-    print_error(lineno, "%s", j ? "expected a JSON array of token ids" : "invalid JSON");
+    jsonl_error(stdout, lineno, "%s", j ? "expected a JSON array of token ids" : "invalid JSON");
     cJSON_Delete(j);
     return false;
   }
@@ -142,7 +75,7 @@ static bool decode_line(const tok_tokenizer *t, const char *line, size_t lineno,
     size_t k;
     if (v < 0 || v >= vocab || v != (double)(int32_t)v || !tok_token_bytes(t, (int32_t)v, &k)) {
       char *bad = cJSON_PrintUnformatted(e);
-      print_error(lineno, "not a token id: %s", bad ? bad : "?");
+      jsonl_error(stdout, lineno, "not a token id: %s", bad ? bad : "?");
       free(bad);
       cJSON_Delete(j);
       return false;
@@ -162,7 +95,7 @@ static bool decode_line(const tok_tokenizer *t, const char *line, size_t lineno,
   cJSON_Delete(j);
   if (st) {
     free(buf);
-    print_error(lineno, "%s", bl_status_str(st));
+    jsonl_error(stdout, lineno, "%s", bl_status_str(st));
     return false;
   }
   s->bytes += len;
@@ -204,7 +137,7 @@ int cmd_tokenize(int argc, char **argv) {
     s.lines++;
     bool ok;
     if (decode && memchr(line, '\0', (size_t)n)) { /* cJSON would stop at the NUL */
-      print_error(s.lines, "%s", "invalid JSON (NUL byte)");
+      jsonl_error(stdout, s.lines, "%s", "invalid JSON (NUL byte)");
       ok = false;
     } else {
       ok = decode ? decode_line(t, line, s.lines, &s)

@@ -8,5 +8,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_kv_capacity(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_trace(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 #endif

@@ -156,7 +156,10 @@ static void on_ev(const sched_revent *ev, void *user) {
   r->answered = ev->graded != NULL;
   r->correct = ev->graded && sched_answer_match(s->task, ev->graded, s->items[q->idx].ref);
   pthread_mutex_lock(&s->lock);
-  if (s->jsonl) print_trace_json(s->jsonl, s->policy, q->idx, r, ev->graded);
+  if (s->jsonl) {
+    print_trace_json(s->jsonl, s->policy, q->idx, r, ev->graded);
+    fflush(s->jsonl); /* a long run can be followed (and cut short) line by line */
+  }
   s->in_flight--;
   pthread_cond_signal(&s->done);
   pthread_mutex_unlock(&s->lock);
@@ -385,6 +388,7 @@ int cmd_eval(int argc, char **argv) {
            conc, (double)sp.temperature, (double)sp.top_p, sp.top_k, seed);
     printf("calibrated decode tok/s: executor %.1f (b1) %.1f (b8), planner %.1f (b1) %.1f (b8)\n",
            tps[0][0], tps[0][1], tps[1][0], tps[1][1]);
+    fflush(stdout);
   }
   static const char instr[] = "\nPlease reason step by step, and put your final answer within "
                               "\\boxed{}.";

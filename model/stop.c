@@ -15,6 +15,16 @@ void stop_set_free(stop_set *s) {
   memset(s, 0, sizeof *s);
 }
 
+bl_status stop_set_copy(stop_set *dst, const stop_set *src, bl_err *err) {
+  stop_set_init(dst);
+  bl_status st = BL_OK;
+  for (int32_t i = 0; !st && src && i < src->n_ids; i++)
+    st = stop_set_add_id(dst, src->ids[i], err);
+  for (int32_t i = 0; !st && src && i < src->n_strs; i++)
+    st = stop_set_add_str(dst, src->strs[i], src->lens[i], err);
+  return st;
+}
+
 static bool has_id(const int32_t *ids, int32_t n, int32_t id) {
   for (int32_t i = 0; i < n; i++)
     if (ids[i] == id) return true;

@@ -46,6 +46,8 @@ void stop_set_free(stop_set *s);
 bl_status stop_set_add_id(stop_set *s, int32_t id, bl_err *err);
 bl_status stop_set_add_eos(stop_set *s, int32_t id, bl_err *err);
 bl_status stop_set_add_str(stop_set *s, const char *str, size_t len, bl_err *err);
+/* dst = src's request ids and strings (not its EOS ids); src may be NULL. */
+bl_status stop_set_copy(stop_set *dst, const stop_set *src, bl_err *err);
 
 typedef enum stop_kind {
   STOP_NONE = 0, /* still running */

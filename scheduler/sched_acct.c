@@ -17,13 +17,6 @@
 
 #define SCHED_ACCT_MIN_FP16 8
 
-static char *dup_str(const char *s) {
-  size_t n = strlen(s) + 1;
-  char *d = malloc(n);
-  if (d) memcpy(d, s, n);
-  return d;
-}
-
 bl_status sched_router_create(const sched_router_cfg *cfg, sched_router **out, bl_err *err) {
   *out = NULL;
   if (!cfg->executor) return bl_fail(err, BL_EINVAL, "router: an executor pool is required");
@@ -41,8 +34,8 @@ bl_status sched_router_create(const sched_router_cfg *cfg, sched_router **out, b
   r->next_iid = 1;
   pthread_mutex_init(&r->lock, NULL);
   bl_status st = sched_auto_init(&r->autor, err);
-  r->plan_prompt = dup_str(cfg->plan_prompt ? cfg->plan_prompt : SCHED_DEFAULT_PLAN_PROMPT);
-  r->plan_insert = dup_str(cfg->plan_insert ? cfg->plan_insert : SCHED_DEFAULT_PLAN_INSERT);
+  r->plan_prompt = strdup(cfg->plan_prompt ? cfg->plan_prompt : SCHED_DEFAULT_PLAN_PROMPT);
+  r->plan_insert = strdup(cfg->plan_insert ? cfg->plan_insert : SCHED_DEFAULT_PLAN_INSERT);
   if (!st && (!r->plan_prompt || !r->plan_insert))
     st = bl_fail(err, BL_ENOMEM, "router: out of memory");
   if (!st && !strstr(r->plan_prompt, "{question}"))
@@ -200,7 +193,7 @@ bl_status sched_router_calibrate(sched_router *r, int32_t n_tokens, bl_err *err)
 
 /* ---- per request ------------------------------------------------------ */
 
-/* Mean fp16 run length of a class (lock held); *n gets the sample count. */
+/* The fp16 run lengths seen in a class (lock held), created when asked. */
 static fp16_len *fp16_class(sched_router *r, const char *cls, bool create) {
   for (int32_t i = 0; i < r->n_fp16; i++)
     if (!strncmp(r->fp16[i].task_class, cls, sizeof r->fp16[i].task_class - 1)) return &r->fp16[i];

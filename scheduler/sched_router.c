@@ -98,16 +98,6 @@ size_t sched_plan_clean(char *s, size_t n) {
   return w - a;
 }
 
-static bl_status copy_stop(stop_set *dst, const stop_set *src, bl_err *err) {
-  stop_set_init(dst);
-  bl_status st = BL_OK;
-  for (int32_t i = 0; !st && src && i < src->n_ids; i++)
-    st = stop_set_add_id(dst, src->ids[i], err);
-  for (int32_t i = 0; !st && src && i < src->n_strs; i++)
-    st = stop_set_add_str(dst, src->strs[i], src->lens[i], err);
-  return st;
-}
-
 /* Render messages (the last user message's content replaced by content
  * when not NULL) and tokenize. */
 static bl_status render(sched_router *r, const rq *q, const char *content, bool think,
@@ -294,7 +284,7 @@ bl_status sched_router_submit(sched_router *r, const sched_rreq *in, bl_err *err
                  "policy %s plans, which needs chat messages (not prompt token ids)", pol.name);
   else if (in->max_tokens < 1)
     st = bl_fail(err, BL_EINVAL, "max_tokens %d: expected >= 1", in->max_tokens);
-  if (!st) st = copy_stop(&q->stop, in->stop, err);
+  if (!st) st = stop_set_copy(&q->stop, in->stop, err);
   if (!st && in->messages) {
     st = copy_messages(q, in, err);
     if (!st && q->last_user < 0 && pol.plan)
@@ -430,8 +420,8 @@ static void stands(rq *q, const sched_event *ev) {
   take_answer(q, ev, NULL, 0);
 }
 
-/* A loop in phase ph: commit to the answer before the onset, or fall back
- * (once), or end LOOP. */
+/* A loop in the current phase: commit to the answer before the onset, or
+ * fall back (once, from the executor), or end LOOP. */
 static void rescue(sched_router *r, rq *q, const sched_event *ev) {
   size_t len = 0;
   const char *ans = ev->answer ? sched_answer_before(ev->answer, ev->loop_onset, &len, NULL) : NULL;

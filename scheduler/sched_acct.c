@@ -17,6 +17,59 @@
 
 #define SCHED_ACCT_MIN_FP16 8
 
+/* ---- settings --------------------------------------------------------- */
+
+rconf *rconf_get(sched_router *r) {
+  pthread_mutex_lock(&r->lock);
+  rconf *c = r->conf;
+  atomic_fetch_add(&c->refs, 1);
+  pthread_mutex_unlock(&r->lock);
+  return c;
+}
+
+void rconf_put(rconf *c) {
+  if (!c || atomic_fetch_sub(&c->refs, 1) != 1) return;
+  free(c->plan_prompt);
+  free(c->plan_insert);
+  free(c->policies);
+  free(c);
+}
+
+/* Templates, named policies, the default and the limits from cfg, checked. */
+static bl_status rconf_build(const sched_router_cfg *cfg, rconf **out, bl_err *err) {
+  rconf *c = calloc(1, sizeof *c);
+  if (!c) return bl_fail(err, BL_ENOMEM, "router: out of memory");
+  atomic_init(&c->refs, 1);
+  c->limits = cfg->limits;
+  c->plan_prompt = strdup(cfg->plan_prompt ? cfg->plan_prompt : SCHED_DEFAULT_PLAN_PROMPT);
+  c->plan_insert = strdup(cfg->plan_insert ? cfg->plan_insert : SCHED_DEFAULT_PLAN_INSERT);
+  bl_status st = BL_OK;
+  if (!c->plan_prompt || !c->plan_insert) st = bl_fail(err, BL_ENOMEM, "router: out of memory");
+  if (!st && !strstr(c->plan_prompt, "{question}"))
+    st = bl_fail(err, BL_EINVAL, "router: plan_prompt has no {question}");
+  if (!st && (!strstr(c->plan_insert, "{question}") || !strstr(c->plan_insert, "{plan}")))
+    st = bl_fail(err, BL_EINVAL, "router: plan_insert needs {question} and {plan}");
+  if (!st && cfg->n_policies) {
+    c->policies = malloc((size_t)cfg->n_policies * sizeof *c->policies);
+    if (!c->policies) st = bl_fail(err, BL_ENOMEM, "router: out of memory");
+    for (int32_t i = 0; !st && i < cfg->n_policies; i++) {
+      c->policies[i] = cfg->policies[i];
+      st = sched_policy_check(&c->policies[i], err);
+      c->n_policies = i + 1;
+    }
+  }
+  snprintf(c->default_policy, sizeof c->default_policy, "%s",
+           cfg->default_policy ? cfg->default_policy : "rescue");
+  sched_policy probe;
+  if (!st) st = router_policy(c, c->default_policy, &SCHED_POLICY_OVERRIDE_NONE, &probe, err);
+  if (st) {
+    rconf_put(c);
+    return st;
+  }
+  *out = c;
+  return BL_OK;
+}
+
 bl_status sched_router_create(const sched_router_cfg *cfg, sched_router **out, bl_err *err) {
   *out = NULL;
   if (!cfg->executor) return bl_fail(err, BL_EINVAL, "router: an executor pool is required");
@@ -30,31 +83,10 @@ bl_status sched_router_create(const sched_router_cfg *cfg, sched_router **out, b
   r->planner = cfg->planner;
   r->tok = em->tok;
   r->chat = cfg->chat;
-  r->limits = cfg->limits;
   r->next_iid = 1;
   pthread_mutex_init(&r->lock, NULL);
   bl_status st = sched_auto_init(&r->autor, err);
-  r->plan_prompt = strdup(cfg->plan_prompt ? cfg->plan_prompt : SCHED_DEFAULT_PLAN_PROMPT);
-  r->plan_insert = strdup(cfg->plan_insert ? cfg->plan_insert : SCHED_DEFAULT_PLAN_INSERT);
-  if (!st && (!r->plan_prompt || !r->plan_insert))
-    st = bl_fail(err, BL_ENOMEM, "router: out of memory");
-  if (!st && !strstr(r->plan_prompt, "{question}"))
-    st = bl_fail(err, BL_EINVAL, "router: plan_prompt has no {question}");
-  if (!st && (!strstr(r->plan_insert, "{question}") || !strstr(r->plan_insert, "{plan}")))
-    st = bl_fail(err, BL_EINVAL, "router: plan_insert needs {question} and {plan}");
-  if (!st && cfg->n_policies) {
-    r->policies = malloc((size_t)cfg->n_policies * sizeof *r->policies);
-    if (!r->policies) st = bl_fail(err, BL_ENOMEM, "router: out of memory");
-    for (int32_t i = 0; !st && i < cfg->n_policies; i++) {
-      r->policies[i] = cfg->policies[i];
-      st = sched_policy_check(&r->policies[i], err);
-      r->n_policies = i + 1;
-    }
-  }
-  snprintf(r->default_policy, sizeof r->default_policy, "%s",
-           cfg->default_policy ? cfg->default_policy : "rescue");
-  sched_policy probe;
-  if (!st) st = router_policy(r, r->default_policy, &SCHED_POLICY_OVERRIDE_NONE, &probe, err);
+  if (!st) st = rconf_build(cfg, &r->conf, err);
   if (st) {
     sched_router_destroy(r);
     return st;
@@ -63,13 +95,23 @@ bl_status sched_router_create(const sched_router_cfg *cfg, sched_router **out, b
   return BL_OK;
 }
 
+bl_status sched_router_reconfigure(sched_router *r, const sched_router_cfg *cfg, bl_err *err) {
+  rconf *c;
+  bl_status st = rconf_build(cfg, &c, err);
+  if (st) return st;
+  pthread_mutex_lock(&r->lock);
+  rconf *old = r->conf;
+  r->conf = c;
+  pthread_mutex_unlock(&r->lock);
+  rconf_put(old);
+  return BL_OK;
+}
+
 void sched_router_destroy(sched_router *r) {
   if (!r) return;
   sched_auto_free(&r->autor);
   pthread_mutex_destroy(&r->lock);
-  free(r->plan_prompt);
-  free(r->plan_insert);
-  free(r->policies);
+  rconf_put(r->conf);
   free(r->live);
   free(r->aggs);
   free(r->fp16);
@@ -78,16 +120,16 @@ void sched_router_destroy(sched_router *r) {
 
 sched_auto *sched_router_auto(sched_router *r) { return &r->autor; }
 
-bl_status router_policy(sched_router *r, const char *name, const sched_policy_override *o,
+bl_status router_policy(const rconf *c, const char *name, const sched_policy_override *o,
                         sched_policy *out, bl_err *err) {
-  if (!name) name = r->default_policy;
+  if (!name) name = c->default_policy;
   sched_policy base;
   bool found = false;
-  for (int32_t i = 0; i < r->n_policies && !found; i++)
-    if (!strcmp(r->policies[i].name, name)) base = r->policies[i], found = true;
+  for (int32_t i = 0; i < c->n_policies && !found; i++)
+    if (!strcmp(c->policies[i].name, name)) base = c->policies[i], found = true;
   bl_status st = found ? BL_OK : sched_policy_builtin(name, &base, err);
   if (st) return st;
-  return sched_policy_apply(&base, o, &r->limits, out, err);
+  return sched_policy_apply(&base, o, &c->limits, out, err);
 }
 
 /* ---- throughput ------------------------------------------------------- */

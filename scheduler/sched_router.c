@@ -137,6 +137,7 @@ static void rq_free(rq *q) {
   free(q->answer);
   free(q->graded);
   stop_set_free(&q->stop);
+  rconf_put(q->conf);
   free(q);
 }
 
@@ -241,10 +242,15 @@ bl_status sched_router_submit(sched_router *r, const sched_rreq *in, bl_err *err
   if (!in->messages == !in->prompt)
     return bl_fail(err, BL_EINVAL, "give either chat messages or prompt token ids");
   sched_policy pol;
-  bl_status st = router_policy(r, in->policy, &in->overrides, &pol, err);
-  if (st) return st;
-  rq *q = calloc(1, sizeof *q);
-  if (!q) return bl_fail(err, BL_ENOMEM, "out of memory for a request");
+  rconf *conf = rconf_get(r);
+  bl_status st = router_policy(conf, in->policy, &in->overrides, &pol, err);
+  rq *q = st ? NULL : calloc(1, sizeof *q);
+  if (!st && !q) st = bl_fail(err, BL_ENOMEM, "out of memory for a request");
+  if (st) {
+    rconf_put(conf);
+    return st;
+  }
+  q->conf = conf;
   snprintf(q->trace.policy, sizeof q->trace.policy, "%s", pol.name);
   if (pol.route == SCHED_ROUTE_AUTO) {
     q->auto_routed = true;
@@ -277,10 +283,10 @@ bl_status sched_router_submit(sched_router *r, const sched_rreq *in, bl_err *err
   }
   bool needs_planner = pol.plan || pol.route == SCHED_ROUTE_FP16;
   if (needs_planner && !r->planner)
-    st = bl_fail(err, BL_EINVAL, "policy %s needs the fp16 planner pool, and there is none",
+    st = bl_fail(err, BL_EUNSUPPORTED, "policy %s needs the fp16 planner pool, and there is none",
                  pol.name);
   else if (pol.plan && !in->messages)
-    st = bl_fail(err, BL_EINVAL,
+    st = bl_fail(err, BL_EUNSUPPORTED,
                  "policy %s plans, which needs chat messages (not prompt token ids)", pol.name);
   else if (in->max_tokens < 1)
     st = bl_fail(err, BL_EINVAL, "max_tokens %d: expected >= 1", in->max_tokens);
@@ -288,7 +294,7 @@ bl_status sched_router_submit(sched_router *r, const sched_rreq *in, bl_err *err
   if (!st && in->messages) {
     st = copy_messages(q, in, err);
     if (!st && q->last_user < 0 && pol.plan)
-      st = bl_fail(err, BL_EINVAL, "policy %s plans, which needs a user message", pol.name);
+      st = bl_fail(err, BL_EUNSUPPORTED, "policy %s plans, which needs a user message", pol.name);
     if (!st) st = render(r, q, NULL, q->think, &q->orig, &q->n_orig, err);
   } else if (!st) {
     q->orig = malloc((size_t)in->n_prompt * sizeof *q->orig);
@@ -298,9 +304,12 @@ bl_status sched_router_submit(sched_router *r, const sched_rreq *in, bl_err *err
       memcpy(q->orig, in->prompt, (size_t)in->n_prompt * sizeof *q->orig);
     q->n_orig = in->n_prompt;
   }
+  if (!st && in->max_prompt > 0 && q->n_orig > in->max_prompt)
+    st = bl_fail(err, BL_ERANGE, "the prompt has %d tokens; the limit is %d", q->n_orig,
+                 in->max_prompt);
   if (!st && pol.plan) {
     const chat_message *u = &q->messages[q->last_user];
-    char *pp = fill_template(r->plan_prompt, u->content, u->content_len, NULL, 0);
+    char *pp = fill_template(q->conf->plan_prompt, u->content, u->content_len, NULL, 0);
     st = pp ? render(r, q, pp, false, &q->plan_ids, &q->n_plan_ids, err)
             : bl_fail(err, BL_ENOMEM, "out of memory for a request");
     free(pp);
@@ -384,7 +393,8 @@ static void plan_done(sched_router *r, rq *q, const sched_event *ev) {
   q->plan.len = q->plan.s ? sched_plan_clean(q->plan.s, q->plan.len) : 0;
   emit(q, (sched_revent){.kind = SCHED_REV_PLAN, .text = q->plan.s, .text_len = q->plan.len});
   const chat_message *u = &q->messages[q->last_user];
-  char *content = fill_template(r->plan_insert, u->content, u->content_len, q->plan.s, q->plan.len);
+  char *content =
+      fill_template(q->conf->plan_insert, u->content, u->content_len, q->plan.s, q->plan.len);
   bl_err err = {0};
   bl_status st = content ? render(r, q, content, q->think, &q->exec, &q->n_exec, &err)
                          : bl_fail(&err, BL_ENOMEM, "out of memory inserting the plan");

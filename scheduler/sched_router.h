@@ -131,6 +131,7 @@ typedef struct sched_rreq {
   bool enable_thinking;
   const int32_t *prompt;
   int32_t n_prompt;
+  int32_t max_prompt; /* > 0: refuse (BL_ERANGE) a prompt longer than this, as rendered */
   int32_t max_tokens;
   sampler_params sampling;
   const stop_set *stop;
@@ -148,9 +149,15 @@ typedef struct sched_rreq {
 bl_status sched_router_create(const sched_router_cfg *cfg, sched_router **out, bl_err *err);
 /* The pools must be stopped or idle: live requests are not waited for. */
 void sched_router_destroy(sched_router *r);
+/* Replace the templates, named policies, default policy and limits with
+ * cfg's (its pools and chat template are ignored). Requests in flight keep
+ * the settings they started with. On error nothing changes. Thread-safe. */
+bl_status sched_router_reconfigure(sched_router *r, const sched_router_cfg *cfg, bl_err *err);
 
-/* Validate (policy, overrides, input), copy and start. Errors: BL_EINVAL /
- * BL_ERANGE with the reason; no event is sent then. Thread-safe. */
+/* Validate (policy, overrides, input), copy and start. Errors, with the
+ * reason and no event sent: BL_EINVAL (malformed: unknown policy, bad
+ * override), BL_ERANGE (over a limit), BL_EUNSUPPORTED (the policy needs
+ * what is missing: a planner pool, chat messages). Thread-safe. */
 bl_status sched_router_submit(sched_router *r, const sched_rreq *q, bl_err *err);
 /* Thread-safe; unknown ids are ignored. */
 void sched_router_cancel(sched_router *r, uint64_t id);

@@ -3,6 +3,8 @@
 #ifndef SCHED_ROUTER_INTERNAL_H
 #define SCHED_ROUTER_INTERNAL_H
 
+#include <stdatomic.h>
+
 #include "sched_router.h"
 
 typedef struct rbuf {
@@ -12,11 +14,24 @@ typedef struct rbuf {
 
 typedef enum rphase { PH_PLAN, PH_EXEC, PH_FP16, PH_FALLBACK } rphase;
 
+/* The settings a reload replaces (sched_router_reconfigure): immutable once
+ * built and shared by reference, so a request keeps the templates and
+ * policies it started with while new requests see the new ones. */
+typedef struct rconf {
+  atomic_int refs;
+  char *plan_prompt, *plan_insert;
+  sched_policy *policies;
+  int32_t n_policies;
+  char default_policy[SCHED_POLICY_NAME_MAX];
+  sched_policy_limits limits;
+} rconf;
+
 /* One request in flight. Its phases run one after another, so only one
  * pool thread touches it at a time; cancel takes the router lock. */
 typedef struct rq {
   sched_router *r;
   uint64_t id;
+  rconf *conf; /* a reference: the settings it started with */
   sched_policy pol;
   bool auto_routed;
   /* input */
@@ -60,11 +75,7 @@ struct sched_router {
   sched_pool *executor, *planner;
   const tok_tokenizer *tok;
   chat_template chat;
-  char *plan_prompt, *plan_insert;
-  sched_policy *policies;
-  int32_t n_policies;
-  char default_policy[SCHED_POLICY_NAME_MAX];
-  sched_policy_limits limits;
+  rconf *conf; /* the current settings (swapped under lock) */
   sched_auto autor;
   pthread_mutex_t lock; /* live requests, ids, aggregates */
   uint64_t next_iid;
@@ -82,8 +93,11 @@ void router_on_event(const sched_event *ev, void *user);
 size_t sched_plan_clean(char *s, size_t n);
 
 /* sched_acct.c */
-bl_status router_policy(sched_router *r, const char *name, const sched_policy_override *o,
+bl_status router_policy(const rconf *c, const char *name, const sched_policy_override *o,
                         sched_policy *out, bl_err *err);
+/* The current settings, with a reference the caller drops with rconf_put. */
+rconf *rconf_get(sched_router *r);
+void rconf_put(rconf *c);
 /* Estimates into q->trace and aggregates, as q finishes with f. */
 void acct_finish(sched_router *r, rq *q, sched_rfinish f);
 

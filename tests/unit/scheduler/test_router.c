@@ -486,7 +486,7 @@ static void test_policies(world *w) {
                   .on_event = on_ev,
                   .user = &o};
   err = (bl_err){0};
-  T_CHECK(sched_router_submit(w->r, &q, &err) == BL_EINVAL && strstr(err.msg, "messages"));
+  T_CHECK(sched_router_submit(w->r, &q, &err) == BL_EUNSUPPORTED && strstr(err.msg, "messages"));
   /* prompt ids work for the others */
   set_script(&w->sx, "\\boxed{1}");
   q.policy = "rescue";
@@ -496,6 +496,10 @@ static void test_policies(world *w) {
   T_CHECKF(sched_router_submit(w->r, &q, &err) == BL_OK, "%s", err.msg);
   drain(w, &o);
   T_CHECK(o.fin == SCHED_R_LENGTH && o.tr.exec_prompt_tokens == 3);
+  q.max_prompt = 2; /* the prompt limit */
+  err = (bl_err){0};
+  T_CHECK(sched_router_submit(w->r, &q, &err) == BL_ERANGE && strstr(err.msg, "limit is 2"));
+  q.max_prompt = 0;
 
   /* window / period: a period longer than t/m cannot fire */
   sched_policy_override small = NONE;
@@ -527,7 +531,7 @@ static void test_no_planner(const char *dir) {
   world_init(&w, dir, false);
   out o;
   bl_err err = {0};
-  T_CHECK(ask(&w, &o, "fp16", NONE, 10, &err) == BL_EINVAL && strstr(err.msg, "planner"));
+  T_CHECK(ask(&w, &o, "fp16", NONE, 10, &err) == BL_EUNSUPPORTED && strstr(err.msg, "planner"));
   /* rescue without a planner: a loop with no answer ends LOOP */
   set_script(&w.sx, "Hmm. ");
   add_cycle(&w.sx, CYCLE, 12);
@@ -623,6 +627,51 @@ static void test_auto(void) {
   sched_auto_free(&a);
 }
 
+/* A reload: new requests see the new settings, a request in flight keeps
+ * the ones it started with, and an invalid set changes nothing. */
+static void test_reconfigure(world *w) {
+  out o;
+  bl_err err = {0};
+  set_script(&w->sp, "1. Add.\n");
+  set_script(&w->sx, "\\boxed{7}");
+  T_CHECK(ask(w, &o, "mine", NONE, 50, &err) == BL_EINVAL);
+  sched_policy mine;
+  T_CHECK(sched_policy_builtin("plan", &mine, &err) == BL_OK);
+  snprintf(mine.name, sizeof mine.name, "mine");
+  sched_router_cfg rc = {.policies = &mine,
+                         .n_policies = 1,
+                         .default_policy = "mine",
+                         .plan_insert = "{question} [{plan}]"};
+  /* a plan request in flight under the old template */
+  err = (bl_err){0};
+  T_CHECK(ask(w, &o, "plan", NONE, 50, &err) == BL_OK);
+  bool idle;
+  sched_pool_step(w->pp, &idle, &err);
+  T_CHECKF(sched_router_reconfigure(w->r, &rc, &err) == BL_OK, "%s", err.msg);
+  drain(w, &o);
+  size_t len;
+  char *exec = tok_decode(w->mx->tok, w->sx.prompt, (size_t)w->sx.n_prompt, &len);
+  T_CHECKF(strstr(exec, "Follow this plan:\n1. Add."), "%s", exec);
+  free(exec);
+  /* new requests: the new template and the named policy, also as the default */
+  run(w, &o, NULL, NONE, 50);
+  T_CHECKF(!strcmp(o.tr.policy, "mine") && o.plans == 1, "%s", o.tr.policy);
+  exec = tok_decode(w->mx->tok, w->sx.prompt, (size_t)w->sx.n_prompt, &len);
+  T_CHECKF(strstr(exec, "What is 3 + 4? [1. Add.]"), "%s", exec);
+  free(exec);
+  /* invalid: an unknown default, a template without {plan}; the last good set stays */
+  sched_router_cfg bad = {.default_policy = "nope"};
+  err = (bl_err){0};
+  T_CHECK(sched_router_reconfigure(w->r, &bad, &err) == BL_EINVAL && strstr(err.msg, "nope"));
+  bad = (sched_router_cfg){.plan_insert = "{question}"};
+  err = (bl_err){0};
+  T_CHECK(sched_router_reconfigure(w->r, &bad, &err) == BL_EINVAL && strstr(err.msg, "{plan}"));
+  run(w, &o, "mine", NONE, 50);
+  T_CHECK(o.fin == SCHED_R_STOP || o.fin == SCHED_R_LENGTH);
+  rc = (sched_router_cfg){0};
+  T_CHECK(sched_router_reconfigure(w->r, &rc, &err) == BL_OK);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: test_router TESTS_DATA_DIR\n");
@@ -637,6 +686,7 @@ int main(int argc, char **argv) {
   test_plan(&w);
   test_policies(&w);
   test_accounting(&w);
+  test_reconfigure(&w);
   world_free(&w);
   test_no_planner(argv[1]);
   return T_DONE();

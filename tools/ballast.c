@@ -18,6 +18,10 @@ static const subcmd k_cmds[] = {
     {"tokenize", cmd_tokenize, "encode JSON strings to ids, or decode ids (one per line)"},
     {"trace", cmd_trace, "loop detection and rescue decisions on recorded traces (JSONL)"},
     {"eval", cmd_eval, "a prompt set under each reasoning-control policy: accuracy, loops, speed-up"},
+    {"chat", cmd_chat, "send a message to ballastd and stream the reply (gRPC Generate)"},
+    {"stats", cmd_stats, "ballastd's counters and measured throughput per pool and policy"},
+    {"health", cmd_health, "ballastd's gRPC health: SERVING or NOT_SERVING (exit 0 only serving)"},
+    {"reload", cmd_reload, "make ballastd re-read its config file (needs the admin token)"},
 };
 
 int main(int argc, char **argv) {

@@ -10,5 +10,10 @@ int cmd_kv_capacity(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_trace(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+/* The gRPC clients of ballastd (cmd_client.c; cmd_client_off.c without the daemon). */
+int cmd_chat(int argc, char **argv);
+int cmd_stats(int argc, char **argv);
+int cmd_health(int argc, char **argv);
+int cmd_reload(int argc, char **argv);
 
 #endif

@@ -38,7 +38,8 @@ struct bd_stream {
   char request_id[129];
   int32_t buffer_limit;
   double t_arrive, t_last;
-  double queue_s; /* arrival to the router's acceptance (decode, checks, tokenizing) */
+  double deadline; /* sched_now() clock; 0: none */
+  double queue_s;  /* arrival to the router's acceptance (decode, checks, tokenizing) */
   /* RECV_CLOSE_ON_SERVER */
   bd_tag close_tag;
   int cancelled;
@@ -198,6 +199,9 @@ static void close_done(bd_tag *t, bool ok) {
   bd_stream *s = (bd_stream *)((char *)t - offsetof(bd_stream, close_tag));
   pthread_mutex_lock(&s->mu);
   bool stop = (s->cancelled || !ok) && !s->final_seen;
+  /* The transport ends a call at its deadline; the pool ends the request
+   * at the same deadline by itself (finish DEADLINE) within a step. */
+  if (stop && s->deadline > 0 && sched_now() >= s->deadline - 0.005) stop = false;
   if (s->cancelled || !ok) s->ended = true;
   uint64_t id = s->id;
   sched_router *r = s->g->d->engine.router;
@@ -648,7 +652,7 @@ void bd_generate_start(bd_grpc *g, bd_incoming *in) {
     s->send_tag.fn = send_done;
     s->close_tag.fn = close_done;
     c.q.id = s->id;
-    c.q.deadline = deadline_of(in->deadline);
+    c.q.deadline = s->deadline = deadline_of(in->deadline);
     c.q.on_event = on_event;
     c.q.user = s;
     pthread_mutex_lock(&g->lock);

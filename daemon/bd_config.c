@@ -762,6 +762,31 @@ int bd_config_restart_diff(const bd_config *old, const bd_config *neu, const cha
   return n;
 }
 
+bl_status bd_config_keep_restart(bd_config *neu, const bd_config *running) {
+  neu->planner.present = running->planner.present;
+  for (size_t i = 0; i < N_ROWS; i++) {
+    const row *r = &rows[i];
+    if (!(r->flags & F_RESTART) || row_equal(neu, running, r)) continue;
+    void *dst = field(neu, r);
+    const void *src = cfield(running, r);
+    if (is_str(r)) {
+      const char *s = *(char *const *)src;
+      char *copy = s ? strdup(s) : NULL;
+      if (s && !copy) return BL_ENOMEM;
+      free(*(char **)dst);
+      *(char **)dst = copy;
+    } else if (r->type == K_INTS) {
+      int32_t n = *(const int32_t *)((const char *)running + r->off_n);
+      memcpy(dst, src, (size_t)n * sizeof(int32_t));
+      *(int32_t *)((char *)neu + r->off_n) = n;
+    } else {
+      memcpy(dst, src, r->type == K_DBL ? sizeof(double) : r->type == K_BOOL ? sizeof(bool)
+                                                                             : sizeof(int32_t));
+    }
+  }
+  return BL_OK;
+}
+
 /* ---- JSON -------------------------------------------------------------- */
 
 /* The object for key's group, created along the way ("pools.executor.x"

@@ -31,7 +31,7 @@ typedef struct bd_pool_cfg {
   int32_t devices[BD_MAX_DEVICES]; /* GPU ids (cuda) */
   int32_t n_devices;
   int32_t threads;            /* CPU threads; 0: the machine's cores */
-  char *kv_format;            /* "f16", "fp8", "nvfp4" */
+  char *kv_format;            /* "fp16", "fp8", "nvfp4" */
   int32_t kv_blocks;          /* KV blocks; 0: from kv_budget_mb */
   int32_t kv_budget_mb;       /* KV memory when kv_blocks is 0 */
   int32_t block_size;         /* tokens per block */
@@ -79,6 +79,10 @@ void bd_config_free(bd_config *c);
 /* Keys with the RESTART flag whose values differ ("pools.executor.model"),
  * up to max of them into keys (static strings); returns how many differ. */
 int bd_config_restart_diff(const bd_config *old, const bd_config *neu, const char **keys, int max);
+
+/* Give neu the running values of every RESTART key (a reload applies the
+ * rest; those wait for a restart, and the effective config says so). */
+bl_status bd_config_keep_restart(bd_config *neu, const bd_config *running);
 
 /* The effective configuration as JSON, SENSITIVE values as "<redacted>"
  * (malloc'd; NULL on allocation failure). */

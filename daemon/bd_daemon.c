@@ -22,6 +22,15 @@ bl_status bd_daemon_reload(bd_daemon *d, bd_reload_result *res, bl_err *err) {
   pthread_mutex_lock(&d->reload_lock);
   bd_config *nc = NULL;
   bl_status st = bd_config_load(d->config_path, &nc, err);
+  if (!st) { /* RESTART keys keep their running values until a restart */
+    const int max = (int)(sizeof res->restart_keys / sizeof *res->restart_keys);
+    pthread_rwlock_rdlock(&d->cfg_lock);
+    int n = bd_config_restart_diff(d->cfg, nc, res->restart_keys, max);
+    res->n_restart_keys = n < max ? n : max;
+    st = bd_config_keep_restart(nc, d->cfg);
+    pthread_rwlock_unlock(&d->cfg_lock);
+    if (st) bl_fail(err, st, "out of memory");
+  }
   if (!st) { /* the router checks what the config parser cannot: templates, the default */
     sched_router_cfg rc = bd_engine_router_cfg(&d->engine, nc);
     st = sched_router_reconfigure(d->engine.router, &rc, err);
@@ -29,16 +38,13 @@ bl_status bd_daemon_reload(bd_daemon *d, bd_reload_result *res, bl_err *err) {
   if (st) {
     pthread_mutex_unlock(&d->reload_lock);
     bd_config_free(nc);
+    res->n_restart_keys = 0;
     bd_metrics_reload(&d->metrics, false);
     bl_log(BL_LOG_WARN, "reload refused, the running config stays: %s", err->msg);
     return st;
   }
   pthread_rwlock_wrlock(&d->cfg_lock);
   bd_config *old = d->cfg;
-  res->n_restart_keys = bd_config_restart_diff(
-      old, nc, res->restart_keys, (int)(sizeof res->restart_keys / sizeof *res->restart_keys));
-  if (res->n_restart_keys > (int)(sizeof res->restart_keys / sizeof *res->restart_keys))
-    res->n_restart_keys = (int)(sizeof res->restart_keys / sizeof *res->restart_keys);
   d->cfg = nc;
   res->generation = atomic_fetch_add(&d->generation, 1) + 1;
   pthread_rwlock_unlock(&d->cfg_lock);

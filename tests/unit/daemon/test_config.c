@@ -370,6 +370,13 @@ static void test_restart_diff(void) {
   n = bd_config_restart_diff(b, b2, keys, 8);
   T_CHECKF(n == 4, "%d", n);
   if (n == 4) T_CHECK(!strcmp(keys[3], "pools.planner.precision"));
+  /* a reload keeps the running RESTART values and takes the rest */
+  T_CHECK(bd_config_keep_restart(b, a) == BL_OK);
+  T_CHECK(bd_config_restart_diff(a, b, keys, 8) == 0);
+  T_CHECK(!b->planner.present && str_eq(b->executor.model, "/m.gguf"));
+  T_CHECK(b->executor.n_devices == 1 && b->executor.devices[0] == 0);
+  T_CHECK(str_eq(b->grpc_listen, "127.0.0.1:50051"));
+  T_CHECK(str_eq(b->admin_token, "t") && b->drain_timeout_s == 1.0 && b->max_tokens == 100);
 done:
   bd_config_free(a);
   bd_config_free(b);

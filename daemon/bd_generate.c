@@ -373,7 +373,9 @@ static void on_event(const sched_revent *ev, void *user) {
     s->t_last = now;
     if (s->ended || s->cut) break;
     if (!acc_add(s, ev)) s->cut = true;
-    if (s->queued + s->acc_len > (size_t)s->buffer_limit) {
+    /* the chunk still gathering counts too: its text and (at most 4 bytes
+     * each, packed) its token ids */
+    if (s->queued + s->acc_len + 4 * s->acc_n > (size_t)s->buffer_limit) {
       s->cut = true;
       bd_metrics_slow_client(&g->d->metrics);
     }

@@ -204,7 +204,9 @@ static void *cq_thread(void *arg) {
   return NULL;
 }
 
-static char *read_pem(const char *path, bl_err *err) {
+/* A PEM file's text; it must hold a block whose label ends with want
+ * ("CERTIFICATE", "PRIVATE KEY"): gRPC itself only says "invalid". */
+static char *read_pem(const char *path, const char *want, bl_err *err) {
   FILE *f = fopen(path, "rb");
   if (!f) {
     bl_fail(err, BL_EIO, "%s: cannot open", path);
@@ -230,14 +232,26 @@ static char *read_pem(const char *path, bl_err *err) {
     return NULL;
   }
   buf[len] = 0;
+  size_t wl = strlen(want);
+  bool found = false;
+  for (const char *b = strstr(buf, "-----BEGIN "); b && !found; b = strstr(b + 1, "-----BEGIN ")) {
+    const char *label = b + 11, *close = strstr(label, "-----");
+    found = close && (size_t)(close - label) >= wl && !memcmp(close - wl, want, wl);
+  }
+  if (!found) {
+    free(buf);
+    bl_fail(err, BL_EINVAL, "%s: no PEM %s in it (a '-----BEGIN ...%s-----' block)", path, want,
+            want);
+    return NULL;
+  }
   return buf;
 }
 
 static grpc_server_credentials *credentials(const bd_config *c, bl_err *err) {
   if (!c->tls_cert) return grpc_insecure_server_credentials_create();
-  char *cert = read_pem(c->tls_cert, err);
-  char *key = cert ? read_pem(c->tls_key, err) : NULL;
-  char *ca = key && c->tls_client_ca ? read_pem(c->tls_client_ca, err) : NULL;
+  char *cert = read_pem(c->tls_cert, "CERTIFICATE", err);
+  char *key = cert ? read_pem(c->tls_key, "PRIVATE KEY", err) : NULL;
+  char *ca = key && c->tls_client_ca ? read_pem(c->tls_client_ca, "CERTIFICATE", err) : NULL;
   grpc_server_credentials *cr = NULL;
   if (key && (ca || !c->tls_client_ca)) {
     grpc_ssl_pem_key_cert_pair pair = {.private_key = key, .cert_chain = cert};
@@ -284,7 +298,13 @@ bl_status bd_grpc_start(bd_daemon *d, const bd_config *c, bd_grpc **out, bl_err 
   if (!st) {
     port = grpc_server_add_http2_port(g->server, c->grpc_listen, cr);
     grpc_server_credentials_release(cr);
-    if (port <= 0) st = bl_fail(err, BL_EIO, "grpc: cannot listen on %s", c->grpc_listen);
+    if (port <= 0 && c->tls_cert)
+      st = bl_fail(err, BL_EIO,
+                   "grpc: cannot listen on %s with TLS: the address is taken, or %s / %s are "
+                   "not a certificate and its key",
+                   c->grpc_listen, c->tls_cert, c->tls_key);
+    else if (port <= 0)
+      st = bl_fail(err, BL_EIO, "grpc: cannot listen on %s", c->grpc_listen);
   }
   if (st) {
     grpc_server_destroy(g->server);

@@ -1,13 +1,14 @@
 /* The daemon's configuration, parsed from a libconfig file into one immutable
  * bd_config.
  *
- * Every scalar key is a row of `rows` below (key path, type, offset into
- * bd_config, bounds, default, flags, help). Defaults, parsing, the
- * restart-required diff, the JSON view and the Markdown reference all walk
- * that one table, so a key added there is parsed, documented and reported
- * everywhere. The two pools share their rows through POOL_ROWS. Named
- * policies are a list of groups, described by `policy_rows` in the same
- * shape and built on sched_policy_builtin(base).
+ * Every scalar key is a row of `bd_config_rows` below (key path, type, offset
+ * into bd_config, bounds, default, flags, help). Defaults, parsing, the
+ * restart-required diff, and in bd_config_view.c the JSON view and the
+ * Markdown reference all walk that one table, so a key added there is parsed,
+ * documented and reported everywhere. The row type is in bd_config_internal.h.
+ * The two pools share their rows through POOL_ROWS. Named policies are a list
+ * of groups, described by `bd_config_policy_rows` in the same shape and built
+ * on sched_policy_builtin(base).
  *
  * Parsing order (the first error wins): libconfig syntax, unknown keys and
  * non-group groups (a walk of the whole tree, so typos anywhere are caught),
@@ -17,7 +18,6 @@
  * them through the table. */
 #include "bd_config.h"
 
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <libconfig.h>
 #include <stdarg.h>
@@ -25,36 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bd_config_internal.h"
+
 /* ---- the table ------------------------------------------------------- */
-
-enum {
-  F_RESTART = 1,   /* read at start-up only; a reload reports the change */
-  F_SENSITIVE = 2, /* "<redacted>" in JSON */
-  F_REQUIRED = 4,  /* must be set when its group is present */
-};
-
-typedef enum kind {
-  K_STR,  /* char *; empty means unset when the default is unset */
-  K_ENUM, /* char *, one of choices */
-  K_ADDR, /* char *, HOST:PORT */
-  K_INT,  /* int32_t in [min, max] */
-  K_DBL,  /* double in [min, max]; an integer literal is accepted */
-  K_BOOL, /* bool */
-  K_INTS, /* int32_t[BD_MAX_DEVICES] and a count at off_n; each in [min, max] */
-} kind;
-
-typedef struct row {
-  const char *key; /* "group.key" or "pools.executor.key" */
-  kind type;
-  size_t off;   /* into bd_config (or sched_policy for policy_rows) */
-  size_t off_n; /* K_INTS: the count */
-  double min, max;
-  double def;          /* K_INT, K_DBL, K_BOOL; K_INTS: the one default element */
-  const char *def_s;   /* string kinds; NULL: unset */
-  const char *choices; /* K_ENUM: "a|b|c" */
-  unsigned flags;
-  const char *help;
-} row;
 
 #define OFF(f) offsetof(bd_config, f)
 #define STR(k, f, d, fl, h)                                                                        \
@@ -105,7 +78,7 @@ typedef struct row {
       BOOL("pools." G ".prefix_cache", P.prefix_cache, true, F_RESTART,                            \
            "Reuse the KV blocks of prompt prefixes shared between requests.")
 
-static const row rows[] = {
+const bd_row bd_config_rows[] = {
     ADDR("server.grpc_listen", grpc_listen, "127.0.0.1:50051", F_RESTART,
          "gRPC address (ballast.v1.Ballast and grpc.health.v1.Health); port 0: any free port, "
          "printed on the ready line."),
@@ -157,18 +130,17 @@ static const row rows[] = {
     ENUM("logging.level", log_level, "info", "debug|info|warn|error", 0,
          "Least severe log level written to stderr (--log-level overrides it)."),
 };
-#define N_ROWS (sizeof rows / sizeof rows[0])
+const size_t bd_config_n_rows = sizeof bd_config_rows / sizeof bd_config_rows[0];
 
-/* Fields of a named policy (controls.policies), offsets into sched_policy.
- * name, base and fallback are stored by hand; defaults come from base
- * (def_s "" keeps an empty name a string, reported as invalid). */
-enum { PR_NAME, PR_BASE, PR_FALLBACK, PR_INTS, N_PR = PR_INTS + 5 };
+/* Fields of a named policy (controls.policies), offsets into sched_policy;
+ * PR_* index them. name, base and fallback are stored by hand; defaults come
+ * from base (def_s "" keeps an empty name a string, reported as invalid). */
 #define POFF(f) offsetof(sched_policy, f)
 #define PSTR(k, h)                                                                                 \
   { .key = k, .type = K_STR, .def_s = "", .flags = F_REQUIRED, .help = h }
 #define PINT(k, f, lo, hi, h)                                                                      \
   { .key = k, .type = K_INT, .off = POFF(f), .min = lo, .max = hi, .help = h }
-static const row policy_rows[N_PR] = {
+const bd_row bd_config_policy_rows[N_PR] = {
     [PR_NAME] =
         PSTR("name", "Unique, not a built-in's name; letters, digits and _-.+, at most 31."),
     [PR_BASE] = PSTR("base", "The built-in it starts from: direct, rescue, plan, plan+rescue, fp16 "
@@ -193,20 +165,14 @@ static const row policy_rows[N_PR] = {
                              "the controls.max_* limits)."},
 };
 
-static const row *find_row(const char *key) {
-  for (size_t i = 0; i < N_ROWS; i++)
-    if (!strcmp(rows[i].key, key)) return &rows[i];
+static const bd_row *find_row(const char *key) {
+  for (size_t i = 0; i < bd_config_n_rows; i++)
+    if (!strcmp(bd_config_rows[i].key, key)) return &bd_config_rows[i];
   return NULL;
 }
 
-static void *field(bd_config *c, const row *r) { return (char *)c + r->off; }
-static const void *cfield(const bd_config *c, const row *r) { return (const char *)c + r->off; }
-static bool is_str(const row *r) {
-  return r->type == K_STR || r->type == K_ENUM || r->type == K_ADDR;
-}
-
 /* The pool a "pools.X.key" row belongs to, else NULL. */
-static const bd_pool_cfg *row_pool(const bd_config *c, const row *r) {
+static const bd_pool_cfg *row_pool(const bd_config *c, const bd_row *r) {
   if (!strncmp(r->key, "pools.executor.", 15)) return &c->executor;
   if (!strncmp(r->key, "pools.planner.", 14)) return &c->planner;
   return NULL;
@@ -284,8 +250,8 @@ static void suggest(const char *path, const char *name, char *out, size_t cap) {
   int best = strlen(name) >= 6 ? 4 : 3; /* "policy" for "policies" is 3 edits */
   out[0] = 0;
   size_t np = strlen(path);
-  for (size_t i = 0; i <= N_ROWS; i++) {
-    const char *key = i < N_ROWS ? rows[i].key : "controls.policies";
+  for (size_t i = 0; i <= bd_config_n_rows; i++) {
+    const char *key = i < bd_config_n_rows ? bd_config_rows[i].key : "controls.policies";
     if (np && (strncmp(key, path, np) || key[np] != '.')) continue;
     const char *rest = key + (np ? np + 1 : 0);
     char comp[64];
@@ -304,8 +270,8 @@ static void suggest(const char *path, const char *name, char *out, size_t cap) {
 /* True when some row lives under path (path names a group). */
 static bool is_group(const char *path) {
   size_t n = strlen(path);
-  for (size_t i = 0; i < N_ROWS; i++)
-    if (!strncmp(rows[i].key, path, n) && rows[i].key[n] == '.') return true;
+  for (size_t i = 0; i < bd_config_n_rows; i++)
+    if (!strncmp(bd_config_rows[i].key, path, n) && bd_config_rows[i].key[n] == '.') return true;
   return false;
 }
 
@@ -364,8 +330,8 @@ static bool is_int(const config_setting_t *s) {
   return config_setting_type(s) == CONFIG_TYPE_INT || config_setting_type(s) == CONFIG_TYPE_INT64;
 }
 
-static bl_status read_list(const pctx *p, const row *r, const config_setting_t *s, const char *key,
-                           val *v) {
+static bl_status read_list(const pctx *p, const bd_row *r, const config_setting_t *s,
+                           const char *key, val *v) {
   int n = config_setting_length(s);
   if (n < 1 || n > BD_MAX_DEVICES)
     return fail_at(p, s, key, BL_ERANGE, "%d entries: expected 1 to %d", n, BD_MAX_DEVICES);
@@ -384,7 +350,7 @@ static bl_status read_list(const pctx *p, const row *r, const config_setting_t *
   return BL_OK;
 }
 
-static bl_status read_string(const pctx *p, const row *r, const config_setting_t *s,
+static bl_status read_string(const pctx *p, const bd_row *r, const config_setting_t *s,
                              const char *key, val *v) {
   if (config_setting_type(s) != CONFIG_TYPE_STRING)
     return fail_at(p, s, key, BL_EINVAL, "expected a string, got %s", type_name(s));
@@ -399,8 +365,8 @@ static bl_status read_string(const pctx *p, const row *r, const config_setting_t
 }
 
 /* Type- and range-check setting s against row r into v. */
-static bl_status read_value(const pctx *p, const row *r, const config_setting_t *s, const char *key,
-                            val *v) {
+static bl_status read_value(const pctx *p, const bd_row *r, const config_setting_t *s,
+                            const char *key, val *v) {
   *v = (val){0};
   switch (r->type) {
   case K_STR:
@@ -444,7 +410,7 @@ static bool set_str(char **dst, const char *s) {
   return true;
 }
 
-static bool store(bd_config *c, const row *r, const val *v) {
+static bool store(bd_config *c, const bd_row *r, const val *v) {
   void *f = field(c, r);
   switch (r->type) {
   case K_STR:
@@ -462,8 +428,8 @@ static bool store(bd_config *c, const row *r, const val *v) {
 }
 
 static bool set_defaults(bd_config *c) {
-  for (size_t i = 0; i < N_ROWS; i++) {
-    const row *r = &rows[i];
+  for (size_t i = 0; i < bd_config_n_rows; i++) {
+    const bd_row *r = &bd_config_rows[i];
     val v = {.i = (int64_t)r->def, .d = r->def, .b = r->def != 0, .s = r->def_s, .n = 1};
     v.ids[0] = (int32_t)r->def;
     if (!store(c, r, &v)) return false;
@@ -474,21 +440,22 @@ static bool set_defaults(bd_config *c) {
 /* ---- building ---------------------------------------------------------- */
 
 static bl_status apply_rows(const pctx *p, bd_config *c) {
-  for (size_t i = 0; i < N_ROWS; i++) {
-    const config_setting_t *s = config_lookup(p->cfg, rows[i].key);
+  for (size_t i = 0; i < bd_config_n_rows; i++) {
+    const config_setting_t *s = config_lookup(p->cfg, bd_config_rows[i].key);
     if (!s) continue;
     val v;
-    bl_status st = read_value(p, &rows[i], s, rows[i].key, &v);
+    bl_status st = read_value(p, &bd_config_rows[i], s, bd_config_rows[i].key, &v);
     if (st) return st;
-    if (!store(c, &rows[i], &v)) return fail_at(p, s, rows[i].key, BL_ENOMEM, "out of memory");
+    if (!store(c, &bd_config_rows[i], &v))
+      return fail_at(p, s, bd_config_rows[i].key, BL_ENOMEM, "out of memory");
   }
   c->executor.present = config_lookup(p->cfg, "pools.executor") != NULL;
   c->planner.present = config_lookup(p->cfg, "pools.planner") != NULL;
   if (!c->executor.present)
     return fail_at(p, near(p, "pools"), "pools.executor", BL_EINVAL,
                    "required group missing (pools: { executor: { model = \"...\"; }; };)");
-  for (size_t i = 0; i < N_ROWS; i++) {
-    const row *r = &rows[i];
+  for (size_t i = 0; i < bd_config_n_rows; i++) {
+    const bd_row *r = &bd_config_rows[i];
     const bd_pool_cfg *pool = row_pool(c, r);
     if (!(r->flags & F_REQUIRED) || (pool && !pool->present) || *(char *const *)cfield(c, r))
       continue;
@@ -521,7 +488,7 @@ static bl_status policy_start(const pctx *p, const config_setting_t *g, const ch
   const config_setting_t *sb = config_setting_get_member(g, "base");
   snprintf(k, sizeof k, "%s.name", key);
   if (!sn) return fail_at(p, g, k, BL_EINVAL, "required");
-  bl_status st = read_value(p, &policy_rows[PR_NAME], sn, k, &name);
+  bl_status st = read_value(p, &bd_config_policy_rows[PR_NAME], sn, k, &name);
   if (st) return st;
   if (!valid_name(name.s))
     return fail_at(p, sn, k, BL_EINVAL, "\"%s\": expected 1 to %d letters, digits or _-.+", name.s,
@@ -534,7 +501,7 @@ static bl_status policy_start(const pctx *p, const config_setting_t *g, const ch
                      name.s, (int)j);
   snprintf(k, sizeof k, "%s.base", key);
   if (!sb) return fail_at(p, g, k, BL_EINVAL, "required (a built-in policy)");
-  st = read_value(p, &policy_rows[PR_BASE], sb, k, &base);
+  st = read_value(p, &bd_config_policy_rows[PR_BASE], sb, k, &base);
   if (st) return st;
   if (sched_policy_builtin(base.s, pol, NULL))
     return fail_at(p, sb, k, BL_EINVAL,
@@ -575,7 +542,7 @@ static bl_status parse_policy(const pctx *p, const config_setting_t *g, bd_confi
   for (int i = 0; i < config_setting_length(g); i++) {
     const char *name = config_setting_name(config_setting_get_elem(g, (unsigned)i));
     size_t j = 0;
-    while (j < N_PR && strcmp(policy_rows[j].key, name))
+    while (j < N_PR && strcmp(bd_config_policy_rows[j].key, name))
       j++;
     if (j < N_PR) continue;
     snprintf(k, sizeof k, "%s.%s", key, name);
@@ -584,7 +551,7 @@ static bl_status parse_policy(const pctx *p, const config_setting_t *g, bd_confi
   sched_policy *pol = &c->policies[idx];
   bl_status st = policy_start(p, g, key, c, idx, pol);
   for (size_t j = PR_FALLBACK; !st && j < N_PR; j++) {
-    const row *r = &policy_rows[j];
+    const bd_row *r = &bd_config_policy_rows[j];
     const config_setting_t *s = config_setting_get_member(g, r->key);
     val v;
     snprintf(k, sizeof k, "%s.%s", key, r->key);
@@ -718,8 +685,8 @@ bl_status bd_config_parse(const char *text, const char *name, bd_config **out, b
 
 void bd_config_free(bd_config *c) {
   if (!c) return;
-  for (size_t i = 0; i < N_ROWS; i++)
-    if (is_str(&rows[i])) free(*(char **)field(c, &rows[i]));
+  for (size_t i = 0; i < bd_config_n_rows; i++)
+    if (is_str(&bd_config_rows[i])) free(*(char **)field(c, &bd_config_rows[i]));
   free(c->policies);
   free(c->path);
   free(c);
@@ -727,7 +694,7 @@ void bd_config_free(bd_config *c) {
 
 /* ---- reload diff ------------------------------------------------------- */
 
-static bool row_equal(const bd_config *a, const bd_config *b, const row *r) {
+static bool row_equal(const bd_config *a, const bd_config *b, const bd_row *r) {
   const void *x = cfield(a, r), *y = cfield(b, r);
   switch (r->type) {
   case K_STR:
@@ -753,8 +720,8 @@ int bd_config_restart_diff(const bd_config *old, const bd_config *neu, const cha
   /* a planner added or removed is one change, not one per key */
   bool planner_changed = old->planner.present != neu->planner.present;
   if (planner_changed && n++ < max) keys[n - 1] = "pools.planner";
-  for (size_t i = 0; i < N_ROWS; i++) {
-    const row *r = &rows[i];
+  for (size_t i = 0; i < bd_config_n_rows; i++) {
+    const bd_row *r = &bd_config_rows[i];
     if (!(r->flags & F_RESTART) || row_equal(old, neu, r)) continue;
     if (planner_changed && row_pool(old, r) == &old->planner) continue;
     if (n++ < max) keys[n - 1] = r->key;
@@ -764,8 +731,8 @@ int bd_config_restart_diff(const bd_config *old, const bd_config *neu, const cha
 
 bl_status bd_config_keep_restart(bd_config *neu, const bd_config *running) {
   neu->planner.present = running->planner.present;
-  for (size_t i = 0; i < N_ROWS; i++) {
-    const row *r = &rows[i];
+  for (size_t i = 0; i < bd_config_n_rows; i++) {
+    const bd_row *r = &bd_config_rows[i];
     if (!(r->flags & F_RESTART) || row_equal(neu, running, r)) continue;
     void *dst = field(neu, r);
     const void *src = cfield(running, r);
@@ -779,272 +746,13 @@ bl_status bd_config_keep_restart(bd_config *neu, const bd_config *running) {
       int32_t n = *(const int32_t *)((const char *)running + r->off_n);
       memcpy(dst, src, (size_t)n * sizeof(int32_t));
       *(int32_t *)((char *)neu + r->off_n) = n;
+    } else if (r->type == K_DBL) {
+      *(double *)dst = *(const double *)src;
+    } else if (r->type == K_BOOL) {
+      *(bool *)dst = *(const bool *)src;
     } else {
-      memcpy(dst, src, r->type == K_DBL ? sizeof(double) : r->type == K_BOOL ? sizeof(bool)
-                                                                             : sizeof(int32_t));
+      *(int32_t *)dst = *(const int32_t *)src;
     }
   }
   return BL_OK;
-}
-
-/* ---- JSON -------------------------------------------------------------- */
-
-/* The object for key's group, created along the way ("pools.executor.x"
- * gives root.pools.executor); *leaf is the last component. */
-static cJSON *json_group(cJSON *root, const char *key, const char **leaf) {
-  cJSON *o = root;
-  const char *k = key;
-  for (const char *dot; o && (dot = strchr(k, '.')); k = dot + 1) {
-    char name[64];
-    snprintf(name, sizeof name, "%.*s", (int)(dot - k), k);
-    cJSON *sub = cJSON_GetObjectItemCaseSensitive(o, name);
-    o = sub ? sub : cJSON_AddObjectToObject(o, name);
-  }
-  *leaf = k;
-  return o;
-}
-
-static cJSON *json_value(const bd_config *c, const row *r) {
-  const void *f = cfield(c, r);
-  switch (r->type) {
-  case K_STR:
-  case K_ENUM:
-  case K_ADDR: {
-    const char *s = *(char *const *)f;
-    if (!s) return cJSON_CreateNull();
-    return cJSON_CreateString(r->flags & F_SENSITIVE ? "<redacted>" : s);
-  }
-  case K_INT: return cJSON_CreateNumber(*(const int32_t *)f);
-  case K_DBL: return cJSON_CreateNumber(*(const double *)f);
-  case K_BOOL: return cJSON_CreateBool(*(const bool *)f);
-  case K_INTS: return cJSON_CreateIntArray(f, *(const int32_t *)((const char *)c + r->off_n));
-  }
-  return NULL;
-}
-
-/* The built-in a policy was made from (fields never change route, plan or
- * rescue, so they identify it). */
-static const char *policy_base(const sched_policy *pol) {
-  if (pol->route == SCHED_ROUTE_FP16) return "fp16";
-  if (pol->route == SCHED_ROUTE_AUTO) return "auto";
-  static const char *const exec[2][2] = {{"direct", "rescue"}, {"plan", "plan+rescue"}};
-  return exec[pol->plan][pol->rescue];
-}
-
-static cJSON *json_policy(const sched_policy *pol) {
-  cJSON *o = cJSON_CreateObject();
-  bool ok = o && cJSON_AddStringToObject(o, "name", pol->name) &&
-            cJSON_AddStringToObject(o, "base", policy_base(pol)) &&
-            cJSON_AddStringToObject(o, "fallback", sched_fallback_name(pol->fallback));
-  for (size_t j = PR_INTS; ok && j < N_PR; j++) {
-    const row *r = &policy_rows[j];
-    const void *f = (const char *)pol + r->off;
-    ok = r->type == K_BOOL ? cJSON_AddBoolToObject(o, r->key, *(const bool *)f) != NULL
-                           : cJSON_AddNumberToObject(o, r->key, *(const int32_t *)f) != NULL;
-  }
-  if (!ok) cJSON_Delete(o);
-  return ok ? o : NULL;
-}
-
-char *bd_config_json(const bd_config *c) {
-  cJSON *root = cJSON_CreateObject();
-  bool ok = root != NULL;
-  for (size_t i = 0; ok && i < N_ROWS; i++) {
-    const char *leaf;
-    cJSON *g = json_group(root, rows[i].key, &leaf), *v = json_value(c, &rows[i]);
-    ok = g && v && cJSON_AddItemToObject(g, leaf, v);
-    if (!ok) cJSON_Delete(v);
-  }
-  cJSON *pools = ok ? cJSON_GetObjectItemCaseSensitive(root, "pools") : NULL;
-  if (pools && !c->planner.present) { /* its rows hold defaults only */
-    cJSON *null = cJSON_CreateNull();
-    ok = null && cJSON_ReplaceItemInObjectCaseSensitive(pools, "planner", null);
-    if (!ok) cJSON_Delete(null);
-  }
-  cJSON *controls = ok ? cJSON_GetObjectItemCaseSensitive(root, "controls") : NULL;
-  cJSON *list = controls ? cJSON_AddArrayToObject(controls, "policies") : NULL;
-  ok = ok && list;
-  for (int32_t i = 0; ok && i < c->n_policies; i++) {
-    cJSON *pol = json_policy(&c->policies[i]);
-    ok = pol && cJSON_AddItemToArray(list, pol);
-    if (!ok) cJSON_Delete(pol);
-  }
-  char *s = ok ? cJSON_Print(root) : NULL;
-  cJSON_Delete(root);
-  return s;
-}
-
-/* ---- docs/configuration.md --------------------------------------------- */
-
-static const char example[] =
-    "# ballastd.conf: two pools on one GPU and two named policies.\n"
-    "server: {\n"
-    "  grpc_listen = \"0.0.0.0:50051\";\n"
-    "  admin_listen = \"127.0.0.1:50052\";\n"
-    "  admin_token = \"change-me\";   # needed for reloads over HTTP and gRPC\n"
-    "  drain_timeout_s = 30.0;\n"
-    "};\n"
-    "pools: {\n"
-    "  executor: {\n"
-    "    model = \"/models/qwen3-1.7b-w2g32\";   # a folder from `ballast quantize`\n"
-    "    precision = \"w2\";\n"
-    "    device = \"cuda\"; devices = [0];\n"
-    "    kv_format = \"fp8\"; kv_budget_mb = 4096;\n"
-    "    max_num_seqs = 64; max_batched_tokens = 1024;\n"
-    "  };\n"
-    "  planner: { model = \"/models/qwen3-1.7b\"; precision = \"fp16\"; device = \"cuda\";\n"
-    "    kv_budget_mb = 2048; };\n"
-    "};\n"
-    "controls: {\n"
-    "  default_policy = \"fast\";\n"
-    "  max_loop_window = 8192;\n"
-    "  policies = (\n"
-    "    { name = \"fast\"; base = \"rescue\"; loop_window = 256; loop_ngram = 10;\n"
-    "      loop_min_count = 3; fallback = \"restart\"; },\n"
-    "    { name = \"careful\"; base = \"plan+rescue\"; plan_max_tokens = 512;\n"
-    "      fallback = \"resume\"; allow_overrides = false; }\n"
-    "  );\n"
-    "};\n"
-    "limits: { max_tokens = 8192; default_max_tokens = 1024; max_streams = 256; };\n"
-    "logging: { level = \"info\"; };\n";
-
-static const struct {
-  const char *group, *intro;
-} groups[] = {
-    {"server", "Addresses, TLS, the admin token and shutdown."},
-    {"pools.executor",
-     "The executor pool: the low-bit model that executor policies run on. The group and its "
-     "model are required."},
-    {"pools.planner",
-     "The optional fp16 planner pool, with the executor's keys (its model is required when the "
-     "group is present). Without it, requests whose policy needs the fp16 pool (plan, "
-     "plan+rescue, fp16) fail with FAILED_PRECONDITION."},
-    {"controls", "Reasoning controls ([controls.md](controls.md)): the default policy, named "
-                 "policies, the limits on "
-                 "a request's overrides and the planner's prompt templates."},
-    {"limits", "Limits on requests and streams; over them a call fails (RESOURCE_EXHAUSTED)."},
-    {"logging", "Logs go to stderr, one line per finished request at info."},
-};
-
-static const char intro[] =
-    "# ballastd configuration\n\n"
-    "<!-- Generated by `ballastd --config-doc` from the key table in daemon/bd_config.c; do not "
-    "edit by hand. -->\n\n"
-    "ballastd reads one file in [libconfig](https://hyperrealm.github.io/libconfig/) syntax: "
-    "groups `name: { ... };`, settings `key = value;`, lists `( ... )`, arrays `[ ... ]` and "
-    "comments (`#`, `//`, `/* */`). Every key is optional unless marked *required*. Unknown keys "
-    "are errors, so a typo is never silently ignored. An empty string for a key that is unset by "
-    "default (paths, the admin token, templates) leaves it unset.\n\n"
-    "`ballastd --check-config FILE` parses and validates FILE without loading a model: it prints "
-    "`FILE: ok` and exits 0, or prints the first error as `FILE:LINE: key: reason` and exits "
-    "1.\n\n"
-    "A reload (SIGHUP, `POST /v1/reload` or the `Reload` RPC) builds a new configuration beside "
-    "the running one. When the file is invalid the running configuration stays and the error is "
-    "reported. Otherwise the new one replaces the old whole for new requests, except for keys "
-    "flagged *restart*: they are read at start-up only, so a reload that changes them lists them "
-    "in `restart_required` and they take effect at the next restart. Keys flagged *sensitive* "
-    "are shown as `\"<redacted>\"` by `GET /v1/config`.\n";
-
-/* A table cell: '|' would end the cell. */
-static void md_cell(FILE *f, const char *s) {
-  for (; *s; s++) {
-    if (*s == '|') fputc('\\', f);
-    fputc(*s, f);
-  }
-}
-
-static const char *doc_type(const row *r) {
-  static const char *const names[] = {
-      [K_STR] = "string", [K_ENUM] = "string", [K_ADDR] = "address",     [K_INT] = "integer",
-      [K_DBL] = "number", [K_BOOL] = "bool",   [K_INTS] = "integer list"};
-  return names[r->type];
-}
-
-static void doc_range(FILE *f, const row *r) {
-  if (r->type == K_ENUM)
-    for (const char *c = r->choices; *c;) {
-      size_t m = strcspn(c, "|");
-      fprintf(f, "%s`%.*s`", c == r->choices ? "" : ", ", (int)m, c);
-      c += m + (c[m] == '|');
-    }
-  else if (r->type == K_INT || r->type == K_DBL)
-    fprintf(f, "%.0f .. %.0f", r->min, r->max);
-  else if (r->type == K_INTS)
-    fprintf(f, "1 to %d of %.0f .. %.0f", BD_MAX_DEVICES, r->min, r->max);
-  else if (r->type == K_ADDR)
-    fputs("HOST:PORT", f);
-}
-
-static void doc_default(FILE *f, const row *r) {
-  if (r->flags & F_REQUIRED)
-    fputs("*required*", f);
-  else if (is_str(r) && r->def_s)
-    fprintf(f, "`\"%s\"`", r->def_s);
-  else if (is_str(r))
-    fputs("unset", f);
-  else if (r->type == K_DBL)
-    fprintf(f, "`%.1f`", r->def);
-  else if (r->type == K_BOOL)
-    fprintf(f, "`%s`", r->def ? "true" : "false");
-  else
-    fprintf(f, r->type == K_INTS ? "`[%.0f]`" : "`%.0f`", r->def);
-}
-
-/* One table line; policy fields have no flags column. */
-static void doc_row(FILE *f, const row *r, bool flags) {
-  fprintf(f, "| `%s` | %s | ", r->key, doc_type(r));
-  doc_default(f, r);
-  fputs(" | ", f);
-  doc_range(f, r);
-  if (flags)
-    fprintf(f, " | %s%s%s", r->flags & F_RESTART ? "restart" : "",
-            (r->flags & F_RESTART) && (r->flags & F_SENSITIVE) ? ", " : "",
-            r->flags & F_SENSITIVE ? "sensitive" : "");
-  fputs(" | ", f);
-  md_cell(f, r->help);
-  fputs(" |\n", f);
-}
-
-static void doc_policies(FILE *f) {
-  sched_policy def = {0};
-  sched_policy_builtin("rescue", &def, NULL); /* a built-in name: cannot fail */
-  fputs("\n### `controls.policies`\n\n"
-        "A list of named policies, `( { name = \"...\"; base = \"...\"; ... }, ... )`. Each starts "
-        "as its built-in base and changes the fields it sets; a request names one (or a "
-        "built-in) in its `policy`. Unset fields keep the base's values, which are the same for "
-        "every built-in (the defaults below).\n\n"
-        "| Field | Type | Default | Range | Meaning |\n|---|---|---|---|---|\n",
-        f);
-  for (size_t j = 0; j < N_PR; j++) {
-    row r = policy_rows[j]; /* with the base's value as its default */
-    const void *v = (const char *)&def + r.off;
-    if (j == PR_FALLBACK)
-      r.def_s = sched_fallback_name(def.fallback);
-    else if (r.type == K_BOOL)
-      r.def = *(const bool *)v;
-    else if (r.type == K_INT)
-      r.def = *(const int32_t *)v;
-    doc_row(f, &r, false);
-  }
-}
-
-static void doc_group(FILE *f, const char *group, const char *text) {
-  size_t n = strlen(group);
-  fprintf(f, "\n## `%s`\n\n%s\n\n", group, text);
-  fputs("| Key | Type | Default | Range | Flags | Meaning |\n|---|---|---|---|---|---|\n", f);
-  for (size_t i = 0; i < N_ROWS; i++) {
-    const char *key = rows[i].key;
-    /* direct members only: "pools" would otherwise list both pools */
-    if (!strncmp(key, group, n) && key[n] == '.' && !strchr(key + n + 1, '.'))
-      doc_row(f, &rows[i], true);
-  }
-}
-
-void bd_config_doc(FILE *f) {
-  fputs(intro, f);
-  for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
-    doc_group(f, groups[g].group, groups[g].intro);
-    if (!strcmp(groups[g].group, "controls")) doc_policies(f);
-  }
-  fprintf(f, "\n## Example\n\n```conf\n%s```\n", example);
 }

@@ -71,7 +71,8 @@ struct bd_daemon {
   bd_metrics metrics;
   atomic_bool ready, draining;
   atomic_int active_streams;
-  double t_start; /* sched_now() at start */
+  atomic_uint_fast64_t streams_started; /* Generate calls taken in, ever */
+  double t_start;                       /* sched_now() at start */
   bd_grpc *grpc;
   char grpc_addr[128], admin_addr[128];   /* as bound (real ports) */
   void (*on_health_change)(bd_daemon *d); /* set by bd_grpc: health watchers */

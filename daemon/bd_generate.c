@@ -616,6 +616,7 @@ void bd_generate_start(bd_grpc *g, bd_incoming *in) {
     refuse(g, in, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
     return;
   }
+  atomic_fetch_add(&d->streams_started, 1);
   if (atomic_fetch_add(&d->active_streams, 1) >= lim.max_streams) {
     atomic_fetch_sub(&d->active_streams, 1);
     refuse(g, in, GRPC_STATUS_RESOURCE_EXHAUSTED,

@@ -2,7 +2,12 @@
  * engine, start the gRPC server and the admin endpoint, then run the
  * libevent loop: SIGHUP reloads, SIGTERM/SIGINT drain (readiness false, new
  * calls UNAVAILABLE, running ones finish within server.drain_timeout_s, the
- * rest are cancelled) and exit 0. */
+ * rest are cancelled) and exit 0. Once idle after serving, the heap's free
+ * pages go back to the system (glibc keeps them otherwise, and a burst of
+ * streams would hold its peak RSS for good). */
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,12 +22,14 @@
 
 #define DRAIN_POLL_MS  20
 #define CANCEL_GRACE_S 10.0 /* after cancelling at the drain timeout */
+#define IDLE_CHECK_S   2    /* how often an idle daemon looks at its heap */
 
 typedef struct app {
   bd_daemon d;
   struct event_base *base;
   struct evhttp *http;
-  struct event *sig_hup, *sig_term, *sig_int, *drain_timer;
+  struct event *sig_hup, *sig_term, *sig_int, *drain_timer, *idle_timer;
+  uint_fast64_t trimmed_at; /* streams_started when the heap was last trimmed */
   double drain_start, drain_timeout;
   bool cancelled;
 } app;
@@ -62,6 +69,18 @@ static void drain_tick(evutil_socket_t fd, short what, void *arg) {
   }
   struct timeval tv = {0, DRAIN_POLL_MS * 1000};
   evtimer_add(a->drain_timer, &tv);
+}
+
+/* Every IDLE_CHECK_S: when no stream is open and some ran since the last
+ * trim, hand the heap's free pages back. */
+static void idle_tick(evutil_socket_t fd, short what, void *arg) {
+  app *a = arg;
+  uint_fast64_t started = atomic_load(&a->d.streams_started);
+  if (atomic_load(&a->d.active_streams) || started == a->trimmed_at) return;
+  a->trimmed_at = started;
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
 }
 
 static void on_term(evutil_socket_t fd, short what, void *arg) {
@@ -110,8 +129,11 @@ static bl_status start(app *a, bl_err *err) {
   a->sig_term = evsignal_new(a->base, SIGTERM, on_term, a);
   a->sig_int = evsignal_new(a->base, SIGINT, on_term, a);
   a->drain_timer = evtimer_new(a->base, drain_tick, a);
-  if (!a->sig_hup || !a->sig_term || !a->sig_int || !a->drain_timer)
+  a->idle_timer = event_new(a->base, -1, EV_PERSIST, idle_tick, a);
+  if (!a->sig_hup || !a->sig_term || !a->sig_int || !a->drain_timer || !a->idle_timer)
     return bl_fail(err, BL_ENOMEM, "out of memory");
+  struct timeval idle_tv = {IDLE_CHECK_S, 0};
+  evtimer_add(a->idle_timer, &idle_tv);
   evsignal_add(a->sig_hup, NULL);
   evsignal_add(a->sig_term, NULL);
   evsignal_add(a->sig_int, NULL);
@@ -127,7 +149,7 @@ static void stop(app *a) {
   d->grpc = NULL;
   bd_engine_close(&d->engine);
   if (a->http) evhttp_free(a->http);
-  struct event *evs[] = {a->sig_hup, a->sig_term, a->sig_int, a->drain_timer};
+  struct event *evs[] = {a->sig_hup, a->sig_term, a->sig_int, a->drain_timer, a->idle_timer};
   for (size_t i = 0; i < sizeof evs / sizeof *evs; i++)
     if (evs[i]) event_free(evs[i]);
   bd_config_free(d->cfg);

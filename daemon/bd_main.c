@@ -5,13 +5,13 @@
  * rest are cancelled) and exit 0. Once idle after serving, the heap's free
  * pages go back to the system (glibc keeps them otherwise, and a burst of
  * streams would hold its peak RSS for good). */
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__ /* defined by the headers above */
+#include <malloc.h>
+#endif
 
 #include <event2/event.h>
 #include <event2/http.h>

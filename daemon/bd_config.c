@@ -61,7 +61,8 @@
            "Precision of the linear layers; a model stored with more bits is quantized at load."), \
       ENUM("pools." G ".device", P.device, "cpu", "cpu|cuda", F_RESTART, "Backend."),              \
       INTS("pools." G ".devices", P.devices, P.n_devices, 0, 63, 0, F_RESTART,                     \
-           "GPU ids for device cuda, 1 to 8 of them."),                                            \
+           "GPU ids for device cuda, counted within CUDA_VISIBLE_DEVICES; one for now (several, "  \
+           "for tensor parallelism, are refused at start until it is built)."),                    \
       INT("pools." G ".threads", P.threads, 0, 1024, 0, F_RESTART,                                 \
           "CPU threads; 0: one per core."),                                                        \
       ENUM("pools." G ".kv_format", P.kv_format, "fp16", "fp16|fp8|nvfp4", F_RESTART,              \

@@ -14,7 +14,12 @@
 #include "kv_format.h"
 #include "tokenizer.h"
 
-static bl_status backend(const bd_pool_cfg *pc, bk_backend **out, bl_err *err) {
+static bl_status backend(const char *name, const bd_pool_cfg *pc, bk_backend **out, bl_err *err) {
+  if (!strcmp(pc->device, "cuda") && pc->n_devices > 1) /* not dropped without a word */
+    return bl_fail(err, BL_EUNSUPPORTED,
+                   "pools.%s.devices lists %d GPUs: a replica spanning GPUs (tensor "
+                   "parallelism) is not built yet; give one GPU id",
+                   name, pc->n_devices);
   if (!strcmp(pc->device, "cuda"))
     return bk_cuda_create(pc->n_devices ? pc->devices[0] : 0, out, err);
   return bk_cpu_create(pc->threads, out, err);
@@ -40,7 +45,7 @@ static bl_status pool_open(bd_pool *p, const char *name, const bd_pool_cfg *pc, 
                    pc->precision);
   if (kv_fmt_parse(pc->kv_format, &fmt))
     return bl_fail(err, BL_EINVAL, "pools.%s.kv_format %s: unknown", name, pc->kv_format);
-  bl_status st = backend(pc, &p->be, err);
+  bl_status st = backend(name, pc, &p->be, err);
   if (st) return st;
   model_load_opts o = {.precision = prec, .tokenizer_path = pc->tokenizer};
   bl_log(BL_LOG_INFO, "%s: loading %s as %s on %s", name, pc->model, pc->precision, p->device);

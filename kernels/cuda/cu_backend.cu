@@ -150,7 +150,7 @@ static bl_status cu_open_device(int dev, cu_ctx *c, bl_err *err) {
     cudaGetLastError();
     return bl_fail(err, BL_EUNSUPPORTED,
                    "cuda:%d: %s (sm_%d%d) has no kernel image in this build (%s); "
-                   "rebuild with -Dcuda_arch=%d%d",
+                   "rebuild with -Dgpu_arch=%d%d",
                    dev, prop.name, prop.major, prop.minor, cudaGetErrorString(e), prop.major,
                    prop.minor);
   }

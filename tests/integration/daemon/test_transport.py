@@ -7,7 +7,7 @@
   trust the CA, and a plaintext one are refused (UNAVAILABLE), and the
   daemon serves on. A TLS file that is missing, not PEM, not the kind of
   PEM it should be, or a key that does not match the certificate fails the
-  start with the file named.
+  start with the file named. So does a pool over several GPUs.
 - A slow client: a stream whose client reads nothing (HTTP/2 window of
   ~1 byte, so nothing can sit in the transport) while another client is
   served at full speed; once its unread output passes
@@ -158,6 +158,20 @@ def test_tls_bad_files(ctx):
         raise h.Fail(f"{what}: ballastd started")
 
 
+def test_several_gpus_refused(ctx):
+    """A pool over several GPUs (tensor parallelism, not built yet) stops the
+    start with the key named, rather than running on the first GPU."""
+    cfg = h.base_config(ctx.model, **{"pools.executor.device": "cuda", "pools.executor.devices": [0, 1],
+                                      "pools.planner": None, "controls.calibrate_tokens": 0})
+    try:
+        d = h.Daemon.start(ctx.ballastd, cfg, name="ballastd-tp", timeout=120)
+    except h.Fail as e:
+        expect("pools.executor.devices lists 2 GPUs" in str(e), f"the start failed otherwise:\n{e}")
+        return
+    d.stop(check=False)
+    raise h.Fail("ballastd started with pools.executor.devices = [0, 1]")
+
+
 # ---------------------------------------------------------------- slow client
 
 BUFFER = 4096  # limits.stream_buffer_bytes: its minimum
@@ -218,7 +232,7 @@ def test_slow_client(ctx):
         d.stop()
 
 
-TESTS = [test_tls_client_certificates, test_tls_bad_files, test_slow_client]
+TESTS = [test_tls_client_certificates, test_tls_bad_files, test_several_gpus_refused, test_slow_client]
 
 
 def main():

@@ -59,6 +59,7 @@ struct bd_stream {
   int32_t *acc_ids;
   size_t acc_n, acc_idcap;
   bool final_seen, cut;
+  bool expired; /* the final says DEADLINE: the status is DEADLINE_EXCEEDED */
 };
 
 /* ---- the send queue ---------------------------------------------------- */
@@ -167,6 +168,14 @@ static void pump(bd_stream *s) {
     free(p);
     ops[n].op = GRPC_OP_SEND_MESSAGE;
     ops[n++].data.send_message.send_message = s->inflight;
+  }
+  if (final && !s->status_set && s->expired) {
+    /* The pool may notice the deadline a moment before the transport does;
+     * either way the client sees DEADLINE_EXCEEDED, after the final. */
+    s->status = GRPC_STATUS_DEADLINE_EXCEEDED;
+    s->status_msg = grpc_slice_from_copied_string(
+        "the request's deadline passed; the final message holds what was generated");
+    s->status_set = true;
   }
   if (final) {
     ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
@@ -331,6 +340,7 @@ static void final_message(bd_stream *s, const sched_revent *ev) {
   f.ran = (char *)t->ran;
   f.regime = !strcmp(t->policy, "auto") ? (char *)sched_regime_name(t->regime) : "";
   f.request_id = s->request_id;
+  s->expired = ev->finish == SCHED_R_DEADLINE;
   Ballast__V1__GenerateResponse r = BALLAST__V1__GENERATE_RESPONSE__INIT;
   r.event_case = BALLAST__V1__GENERATE_RESPONSE__EVENT_FINAL;
   r.final = &f;
@@ -582,8 +592,9 @@ static bl_status convert(const bd_engine *e, const Ballast__V1__GenerateRequest 
     if (n == 0 || n > 256) return BAD("stop[%zu]: expected 1 to 256 bytes", i);
     st = stop_set_add_str(&c->stop, m->stop[i], n, err);
   }
+  q->ignore_eos = m->ignore_eos;
   const model *mm = e->pools[0].m;
-  for (int32_t i = 0; !st && i < mm->cfg.n_eos; i++)
+  for (int32_t i = 0; !st && !q->ignore_eos && i < mm->cfg.n_eos; i++)
     st = stop_set_add_eos(&c->stop, mm->cfg.eos_ids[i], err);
   q->stop = &c->stop;
   return st;

@@ -185,6 +185,7 @@ static bl_status submit_phase(sched_router *r, rq *q, rphase ph, sched_pool *poo
                   .max_tokens = max_tokens,
                   .sampling = q->sampling,
                   .stop = plan ? NULL : &q->stop,
+                  .ignore_eos = !plan && q->ignore_eos,
                   .priority = q->priority,
                   .deadline = q->deadline,
                   .loop = plan                             ? SCHED_LOOP_OFF
@@ -270,6 +271,7 @@ bl_status sched_router_submit(sched_router *r, const sched_rreq *in, bl_err *err
   q->deadline = in->deadline;
   q->task = in->task;
   q->think = in->enable_thinking;
+  q->ignore_eos = in->ignore_eos;
   q->on_event = in->on_event;
   q->user = in->user;
   q->trace.first_answer_at = q->trace.loop_fire_at = q->trace.loop_onset = -1;

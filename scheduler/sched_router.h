@@ -135,6 +135,7 @@ typedef struct sched_rreq {
   int32_t max_tokens;
   sampler_params sampling;
   const stop_set *stop;
+  bool ignore_eos; /* generate past the models' EOS (stop strings still stop) */
   int32_t priority;
   double deadline;
   const char *policy;              /* NULL: the default */

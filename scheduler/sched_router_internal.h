@@ -39,6 +39,7 @@ typedef struct rq {
   size_t n_messages;
   int32_t last_user; /* index of the last user message, -1: none */
   bool think;
+  bool ignore_eos;
   int32_t *orig, n_orig;         /* the prompt as asked */
   int32_t *exec, n_exec;         /* with the plan, or the resumed prefix */
   int32_t *plan_ids, n_plan_ids; /* the planner's prompt */

@@ -249,6 +249,7 @@ static const char *chat_usage =
     "  --max-tokens N          (default: the server's)\n"
     "  --temperature X --top-p X --top-k N --seed N   sampling (default: the model's)\n"
     "  --stop TEXT             a stop string (repeatable)\n"
+    "  --ignore-eos            generate past the model's end token, up to --max-tokens\n"
     "  --task math|integer|choice|yesno|index   track an answer of this kind\n"
     "  --choices LABELS        the labels of --task choice (default: ABCD)\n"
     "  --task-class NAME       the auto policy's class (default: \"default\")\n"
@@ -366,6 +367,7 @@ static bool chat_request(const cli_flag *f, int nf, const cli_multi *stop, char 
   if ((s = cli_get(f, nf, "--task")) && !chat_task(s, &r->req.task)) return false;
   if ((s = cli_get(f, nf, "--choices"))) r->req.choice_labels = (char *)s;
   if ((s = cli_get(f, nf, "--task-class"))) r->req.task_class = (char *)s;
+  r->req.ignore_eos = cli_get(f, nf, "--ignore-eos") != NULL;
   if (cli_get(f, nf, "--no-think")) {
     r->req.enable_thinking_present_case =
         BALLAST__V1__GENERATE_REQUEST__ENABLE_THINKING_PRESENT_ENABLE_THINKING;
@@ -632,6 +634,7 @@ int cmd_chat(int argc, char **argv) {
                   {"--top-k", 1, NULL},
                   {"--seed", 1, NULL},
                   {"--stop", 1, NULL},
+                  {"--ignore-eos", 0, NULL},
                   {"--task", 1, NULL},
                   {"--choices", 1, NULL},
                   {"--priority", 1, NULL},

@@ -199,6 +199,27 @@ def test_generate_stop_and_sampling(ctx):
            f"stop {stop!r}: output {s.output()!r} vs unstopped {text!r}")
 
 
+def test_generate_ignore_eos(ctx):
+    """ignore_eos runs a request that would stop at EOS on to max_tokens,
+    through the same tokens up to that point."""
+    msgs = [("user", "Say hello.")]
+    n = 48
+    a = generate(ctx.d.stub, request(messages=msgs, policy="direct", max_tokens=n, sampling=GREEDY),
+                 timeout=120)
+    a.check_stream()
+    expect(a.final.finish_reason == FR.STOP and len(a.token_ids()) < n,
+           f"the greedy answer no longer stops before {n} tokens (pick another prompt): "
+           f"finish {FR.Name(a.final.finish_reason)}, {len(a.token_ids())} tokens")
+    b = generate(ctx.d.stub, request(messages=msgs, policy="direct", max_tokens=n, sampling=GREEDY,
+                                     ignore_eos=True), timeout=120)
+    b.check_stream()
+    expect(b.final.finish_reason == FR.LENGTH, f"ignore_eos: finish {FR.Name(b.final.finish_reason)}")
+    got = b.token_ids()
+    expect(len(got) == n, f"ignore_eos: {len(got)} tokens, want {n}")
+    k = len(a.token_ids())
+    expect(got[:k] == a.token_ids(), f"ignore_eos changed the first {k} tokens")
+
+
 def test_generate_rescue(ctx):
     """The reference GSM8K prompts as chat under the small detector: some
     loop, and every loop is acted on consistently."""
@@ -679,7 +700,7 @@ def test_no_planner_no_token(ctx):
 TOKEN_ANY = "anything"
 
 TESTS = [test_admin_health, test_server_info, test_health, test_tokenize, test_generate_stream,
-         test_generate_chat_default_policy, test_generate_stop_and_sampling, test_generate_plan_and_fp16,
+         test_generate_ignore_eos, test_generate_chat_default_policy, test_generate_stop_and_sampling, test_generate_plan_and_fp16,
          test_get_stats,
          test_bad_inputs, test_message_too_large, test_limits_edges, test_admin_metrics, test_admin_config,
          test_admin_reload, test_generate_rescue, test_no_planner_no_token]

@@ -43,7 +43,7 @@ import harness as h  # noqa: E402
 from harness import expect, generate, request, GREEDY  # noqa: E402
 
 SC = grpc.StatusCode
-COUNT_PROMPT = "Count from one to ten:"  # greedy w4 keeps counting: no stop, no loop
+COUNT_PROMPT = "Count from one to ten:"  # with long_req: no stop (ignore_eos), no loop (direct)
 
 
 class Ctx:
@@ -57,6 +57,8 @@ def FR():
 
 
 def long_req(max_tokens=256, **kw):
+    """A request that runs its max_tokens: ignore_eos, and no stop strings."""
+    kw.setdefault("ignore_eos", True)
     return request(prompt=kw.pop("prompt", COUNT_PROMPT), policy="direct", max_tokens=max_tokens,
                    sampling=GREEDY, **kw)
 
@@ -143,8 +145,9 @@ def test_deadline(ctx):
     m0 = d.metrics()
     c0 = finished(m0, "deadline", "cancelled")
     rid = f"deadline-{time.time_ns()}"
-    r = generate(d.stub, long_req(request_id=rid), timeout=1.0)
-    expect(r.code == SC.DEADLINE_EXCEEDED, f"1s deadline on a 256-token request: {r.describe()}")
+    # 256 tokens in 0.5 s would take over 500 tokens/s at batch 1
+    r = generate(d.stub, long_req(request_id=rid), timeout=0.5)
+    expect(r.code == SC.DEADLINE_EXCEEDED, f"0.5 s deadline on a 256-token request: {r.describe()}")
     expect(not r.finals or r.final.finish_reason == FR().DEADLINE, f"final before the deadline: {r.describe()}")
     h.wait_for(lambda: finished(d.metrics(), "deadline", "cancelled") >= c0 + 1, 30,
                "finished{reason=deadline|cancelled} to count the expired request")

@@ -1,17 +1,26 @@
 #!/bin/sh
-# Run tests/gpu/test_cuda_ops.c on a machine without a GPU: the CUDA backend's
-# .cu files are compiled as C++ against a CPU emulator (emu_cuda.h: one fiber
-# per thread, block and warp barriers, warp shuffles; cuBLAS as a plain loop)
-# and linked with the real CPU backend. It checks kernel logic (indexing,
-# layouts, reductions, bounds under ASan), not timing, races or GPU math
-# ulps. Slow (minutes); not part of meson or CI.
-#   tests/gpu/emu/run.sh            # from the repository root
-#   SAN=1 tests/gpu/emu/run.sh      # with AddressSanitizer + alignment checks
+# Run the GPU suite on a machine without a GPU: the CUDA backend's .cu files
+# are compiled as C++ against a CPU emulator (emu_cuda.h: one fiber per
+# thread, block and warp barriers, warp shuffles; cuBLAS as a plain loop) and
+# linked with the real CPU backend. It checks kernel logic (indexing, layouts,
+# reductions, bounds under ASan), not timing, races or GPU math ulps. Slow
+# (minutes); not part of meson or CI.
+#   tests/gpu/test_cuda_ops.c    every op against the CPU backend
+#   tests/gpu/test_cuda_model.c  whole models (with model/, kvcache/ and the
+#                                engine's libraries): the tiny Qwen3s only
+#                                (~1.5 minutes). SmolLM2 takes ~11 minutes per
+#                                weight format (half an hour for its three), so
+#                                run.sh unsets BALLAST_SMOLLM2_GGUF unless
+#                                EMU_SMOLLM2=1.
+#   tests/gpu/emu/run.sh                 # from the repository root; both tests
+#   TESTS=model tests/gpu/emu/run.sh     # one of them (ops, model)
+#   SAN=1 tests/gpu/emu/run.sh           # with AddressSanitizer + alignment checks
 set -e
 S=$(cd "$(dirname "$0")/../../.." && pwd)
 E=$S/tests/gpu/emu
 O=${TMPDIR:-/tmp}/ballast-cuda-emu
-rm -rf "$O" && mkdir -p "$O/gen"
+TESTS=${TESTS:-ops model}
+rm -rf "$O" && mkdir -p "$O/gen" "$O/eng" "$O/model"
 FLAGS="-O1 -g"
 [ -n "$SAN" ] && FLAGS="$FLAGS -fsanitize=address,alignment,bounds -fno-sanitize-recover=all"
 # kernel<<<grid, block, smem, stream>>>(args); -> emu_launch(grid, block, lambda)
@@ -29,15 +38,39 @@ done
 CXX="g++ -std=c++17 $FLAGS -Wall -Wextra -Wno-unused-parameter -Wno-unknown-pragmas"
 CXX="$CXX -I$E/inc -I$E -I$S/kernels/cuda -I$S/kernels -I$S/kvcache -I$S/common -include emu_cuda.h"
 for f in "$O"/gen/*.cpp; do $CXX -c "$f" -o "${f%.cpp}.o"; done
-g++ -std=c++17 $FLAGS -I"$E" -I"$S/common" -c "$E/emu_rt.cpp" -o "$O/emu_rt.o"
+g++ -std=c++17 $FLAGS -I"$E" -I"$S/common" -c "$E/emu_rt.cpp" -o "$O/eng/emu_rt.o"
 CC="gcc -std=c11 $FLAGS -D_GNU_SOURCE -I$S/kernels -I$S/kvcache -I$S/common -I$S/tests/common"
-$CC -c "$S/tests/gpu/test_cuda_ops.c" -o "$O/test.o"
-$CC -c "$S/kernels/backend.c" -o "$O/backend.o"
-$CC -c "$S/common/bl_status.c" -o "$O/bl_status.o"
-$CC -c "$S/common/bl_log.c" -o "$O/bl_log.o"
+# the engine below the model: kernels, CPU backend, common
+$CC -c "$S/kernels/backend.c" -o "$O/eng/backend.o"
+$CC -c "$S/common/bl_status.c" -o "$O/eng/bl_status.o"
+$CC -c "$S/common/bl_log.c" -o "$O/eng/bl_log.o"
 for f in "$S"/kernels/cpu/*.c; do
   case "$f" in *isa_none.c) continue ;; esac
-  $CC -mavx2 -mfma -mf16c -c "$f" -o "$O/cpu_$(basename "$f" .c).o"
+  $CC -mavx2 -mfma -mf16c -c "$f" -o "$O/eng/cpu_$(basename "$f" .c).o"
 done
-g++ $FLAGS -o "$O/test_cuda_ops" "$O"/*.o "$O"/gen/*.o -lm -lpthread
-ASAN_OPTIONS=detect_leaks=0 BALLAST_NO_BENCH=1 "$O/test_cuda_ops"
+LIBS="-lm -lpthread"
+for t in $TESTS; do
+  case "$t" in
+  ops)
+    $CC -c "$S/tests/gpu/test_cuda_ops.c" -o "$O/test_cuda_ops.o"
+    g++ $FLAGS -o "$O/test_cuda_ops" "$O/test_cuda_ops.o" "$O"/eng/*.o "$O"/gen/*.o $LIBS
+    ASAN_OPTIONS=detect_leaks=0 BALLAST_NO_BENCH=1 "$O/test_cuda_ops"
+    ;;
+  model)
+    # model/, kvcache/ and the rest of common/, with the tokenizer's libraries
+    MCC="$CC -I$S/model $(pkg-config --cflags libcjson libpcre2-8 libutf8proc)"
+    for f in "$S"/model/*.c "$S"/kvcache/*.c "$S"/common/bl_file.c; do
+      $MCC -c "$f" -o "$O/model/$(basename "$f" .c).o"
+    done
+    $MCC -c "$S/tests/gpu/test_cuda_model.c" -o "$O/test_cuda_model.o"
+    g++ $FLAGS -o "$O/test_cuda_model" "$O/test_cuda_model.o" "$O"/model/*.o "$O"/eng/*.o \
+      "$O"/gen/*.o $(pkg-config --libs libcjson libpcre2-8 libutf8proc) $LIBS
+    if [ "$EMU_SMOLLM2" = 1 ]; then
+      ASAN_OPTIONS=detect_leaks=0 "$O/test_cuda_model" "$S/tests/data"
+    else
+      ASAN_OPTIONS=detect_leaks=0 BALLAST_SMOLLM2_GGUF='' "$O/test_cuda_model" "$S/tests/data"
+    fi
+    ;;
+  *) echo "run.sh: unknown test '$t' (ops, model)" >&2; exit 2 ;;
+  esac
+done

@@ -41,10 +41,10 @@ typedef enum bk_wfmt {
 
 typedef struct bk_weight {
   bk_wfmt fmt;
-  int32_t rows;       /* output features */
-  int32_t cols;       /* input features */
-  int32_t group_size; /* quantized: columns per (scale, min) pair; == cols for one group */
-  const void *q;      /* F16: uint16 [rows][cols]; W4/W2: uint8 [rows][cols*bits/8] */
+  int32_t rows;           /* output features */
+  int32_t cols;           /* input features */
+  int32_t group_size;     /* quantized: columns per (scale, min) pair; == cols for one group */
+  const void *q;          /* F16: uint16 [rows][cols]; W4/W2: uint8 [rows][cols*bits/8] */
   const uint16_t *scales; /* fp16 [rows][cols/group_size] (quantized only) */
   const uint16_t *mins;   /* fp16 [rows][cols/group_size] (quantized only) */
   const int32_t *perm;    /* NULL, or [cols]: packed column k multiplies x[perm[k]]
@@ -108,7 +108,7 @@ typedef struct bk_kv_cache {
 
 /* Bytes of one token's values for one kv head. */
 static inline size_t bk_kv_row_bytes(bk_kvfmt f, int32_t head_dim) {
-  return f == BK_KV_F16 ? 2 * (size_t)head_dim
+  return f == BK_KV_F16   ? 2 * (size_t)head_dim
          : f == BK_KV_FP8 ? (size_t)head_dim
                           : (size_t)head_dim / 2;
 }
@@ -186,7 +186,8 @@ struct bk_backend {
 
   /* out[n][cols] = row ids[i] of table, dequantized, in natural column
    * order (a permuted table is written back through perm). */
-  bl_status (*embed)(bk_backend *be, float *out, const bk_weight *table, const int32_t *ids, int32_t n);
+  bl_status (*embed)(bk_backend *be, float *out, const bk_weight *table, const int32_t *ids,
+                     int32_t n);
   /* out[n][dim] = x * rsqrt(mean(x^2) + eps) * w, in float32. out may be x. */
   bl_status (*rmsnorm)(bk_backend *be, float *out, const float *x, const float *w, int32_t n,
                        int32_t dim, float eps);
@@ -213,6 +214,13 @@ struct bk_backend {
    * must not alias q. */
   bl_status (*attention)(bk_backend *be, float *out, const float *q, const bk_kv_cache *kv,
                          int32_t layer, const bk_attn_batch *b, const bk_heads *h);
+
+  /* Optional (NULL: none kept): what the last failed op met, as text ("" or
+   * NULL before any), e.g. "cuda:0: cudaMemcpyAsync: cudaErrorIllegalAddress
+   * (...)". model_forward puts it in its error, and so in the message a
+   * replica that turns unhealthy fails its requests with. The CUDA
+   * backend's text is cu_last_error (kernels/cuda/cu_ops.h). */
+  const char *(*last_error)(const bk_backend *be);
 };
 
 /* Create the CPU backend with n_threads workers (0: all online cores). */

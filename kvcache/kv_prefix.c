@@ -229,6 +229,9 @@ bl_status kv_make_writable(kv_pool *p, kv_prefix *pre, kv_seq *s, int32_t pos, b
   bl_status st = copy_block(p, fresh, old);
   if (st) {
     unref(p, fresh);
+    const char *why = p->be->last_error ? p->be->last_error(p->be) : NULL; /* the device's */
+    if (why && *why)
+      return bl_fail(err, st, "%s; kv cache: copy-on-write of block %d failed", why, old);
     return bl_fail(err, st, "kv cache: copy-on-write of block %d failed on %s", old, p->be->name);
   }
   s->blocks[i] = fresh;

@@ -15,18 +15,19 @@
 
 struct model_scratch {
   int32_t cap_tok, cap_out, cap_bt;
-  float *x, *h, *att;      /* [cap_tok][hidden], [cap_tok][hidden], [cap_tok][q_dim] */
-  float *q, *k, *v;        /* [cap_tok][q_dim], [cap_tok][kv_dim] x2 */
-  float *gate, *up;        /* [cap_tok][intermediate] */
-  float *xo, *logits;      /* [cap_out][hidden], [cap_out][vocab] */
-  int32_t *meta;           /* [4][cap_tok]: ids, pos, seq, slots */
-  int32_t *bt;             /* [cap_bt] block tables */
-  float *cap_host;         /* host [cap_tok][max width], only while capturing */
-  size_t cap_host_n;       /* floats in cap_host */
+  float *x, *h, *att; /* [cap_tok][hidden], [cap_tok][hidden], [cap_tok][q_dim] */
+  float *q, *k, *v;   /* [cap_tok][q_dim], [cap_tok][kv_dim] x2 */
+  float *gate, *up;   /* [cap_tok][intermediate] */
+  float *xo, *logits; /* [cap_out][hidden], [cap_out][vocab] */
+  int32_t *meta;      /* [4][cap_tok]: ids, pos, seq, slots */
+  int32_t *bt;        /* [cap_bt] block tables */
+  float *cap_host;    /* host [cap_tok][max width], only while capturing */
+  size_t cap_host_n;  /* floats in cap_host */
 };
 
 static void scratch_release(bk_backend *be, model_scratch *s) {
-  void *bufs[] = {s->x, s->h, s->att, s->q, s->k, s->v, s->gate, s->up, s->xo, s->logits, s->meta, s->bt};
+  void *bufs[] = {s->x,    s->h,  s->att, s->q,      s->k,    s->v,
+                  s->gate, s->up, s->xo,  s->logits, s->meta, s->bt};
   for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
     if (bufs[i]) be->free(be, bufs[i]);
   free(s->cap_host);
@@ -50,7 +51,8 @@ static bl_status scratch_ensure(model *m, int32_t n_tok, int32_t n_out, int32_t 
   int32_t no = n_out > s->cap_out ? n_out : s->cap_out;
   int32_t nb = n_bt > s->cap_bt ? n_bt : s->cap_bt;
   scratch_release(m->be, s);
-  size_t t = (size_t)nt, qd = (size_t)(c->n_heads * c->head_dim), kvd = (size_t)(c->n_kv_heads * c->head_dim);
+  size_t t = (size_t)nt, qd = (size_t)(c->n_heads * c->head_dim),
+         kvd = (size_t)(c->n_kv_heads * c->head_dim);
   bk_backend *be = m->be;
   s->x = be->alloc(be, t * (size_t)c->hidden * 4);
   s->h = be->alloc(be, t * (size_t)c->hidden * 4);
@@ -91,15 +93,27 @@ static bl_status capture(model *m, int32_t l, int which, const float *x, int32_t
     s->cap_host_n = need;
   }
   bl_status st = m->be->download(m->be, s->cap_host, x, need * sizeof(float));
-  if (st) return bl_fail(err, st, "%s: cannot read activations of layer %d on %s", m->path, l, m->be->name);
+  if (st)
+    return bl_fail(err, st, "%s: cannot read activations of layer %d on %s", m->path, l,
+                   m->be->name);
   cap->fn(cap->ctx, l, which, s->cap_host, n, dim);
   return BL_OK;
+}
+
+/* The error of a failed op: the backend's own account first when it keeps
+ * one (a device error's cause), then which call of which model. */
+static void op_failed(const model *m, bk_backend *be, const char *call, bl_status st, bl_err *err) {
+  const char *why = be->last_error ? be->last_error(be) : NULL;
+  if (why && *why)
+    bl_fail(err, st, "%s; %s failed (%s)", why, call, m->path);
+  else
+    bl_fail(err, st, "%s: %s failed on %s", m->path, call, be->name);
 }
 
 #define OP(call)                                                                                   \
   do {                                                                                             \
     if ((st = (call)) != BL_OK) {                                                                  \
-      bl_fail(err, st, "%s: %s failed on %s", m->path, #call, be->name);                           \
+      op_failed(m, be, #call, st, err);                                                            \
       return st;                                                                                   \
     }                                                                                              \
   } while (0)
@@ -110,8 +124,12 @@ static bl_status layer_forward(model *m, const model_layer *ly, int32_t l, const
   bk_backend *be = m->be;
   model_scratch *s = m->scratch;
   const model_config *c = &m->cfg;
-  bk_heads heads = {.n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim,
-                    .rope_theta = c->rope_theta, .rope_style = BK_ROPE_NEOX, .norm_eps = c->norm_eps};
+  bk_heads heads = {.n_heads = c->n_heads,
+                    .n_kv_heads = c->n_kv_heads,
+                    .head_dim = c->head_dim,
+                    .rope_theta = c->rope_theta,
+                    .rope_style = BK_ROPE_NEOX,
+                    .norm_eps = c->norm_eps};
   size_t hid = (size_t)n * (size_t)c->hidden;
   bl_status st;
   int32_t qd = c->n_heads * c->head_dim;
@@ -161,8 +179,12 @@ static bl_status step_begin(model *m, const bk_kv_cache *kv, const model_batch *
   OP(be->upload(be, seq, b->seq, (size_t)n * 4));
   OP(be->upload(be, slots, b->slots, (size_t)n * 4));
   OP(be->upload(be, s->bt, b->block_tables, (size_t)n_bt * 4));
-  *ab = (bk_attn_batch){.n_tok = n, .tok_seq = seq, .tok_pos = pos, .block_tables = s->bt,
-                        .n_seq = b->n_seq, .max_blocks = b->max_blocks};
+  *ab = (bk_attn_batch){.n_tok = n,
+                        .tok_seq = seq,
+                        .tok_pos = pos,
+                        .block_tables = s->bt,
+                        .n_seq = b->n_seq,
+                        .max_blocks = b->max_blocks};
   return BL_OK;
 }
 
@@ -192,7 +214,8 @@ bl_status model_forward(model *m, const bk_kv_cache *kv, const model_batch *b, f
   for (int32_t i = 0; i < b->n_out; i++) {
     if (b->out_tok[i] < 0 || b->out_tok[i] >= b->n_tok)
       return bl_fail(err, BL_EINVAL, "forward: output token %d out of range", b->out_tok[i]);
-    OP(be->copy(be, (char *)s->xo + (size_t)i * row, (char *)s->x + (size_t)b->out_tok[i] * row, row));
+    OP(be->copy(be, (char *)s->xo + (size_t)i * row, (char *)s->x + (size_t)b->out_tok[i] * row,
+                row));
   }
   OP(be->rmsnorm(be, s->xo, s->xo, m->final_norm, b->n_out, c->hidden, c->norm_eps));
   OP(be->matmul(be, s->logits, s->xo, &m->lm_head, b->n_out));
@@ -212,8 +235,10 @@ bl_status model_forward_layers(model *m, const bk_kv_cache *kv, const model_batc
   if (st) return st;
   model_scratch *s = m->scratch;
   size_t bytes = (size_t)b->n_tok * (size_t)c->hidden * 4;
-  if (x_in) OP(be->upload(be, s->x, x_in, bytes));
-  else OP(be->embed(be, s->x, &m->embed, s->meta, b->n_tok));
+  if (x_in)
+    OP(be->upload(be, s->x, x_in, bytes));
+  else
+    OP(be->embed(be, s->x, &m->embed, s->meta, b->n_tok));
   if ((st = run_layers(m, kv, &ab, l0, l1, err))) return st;
   if (x_out) OP(be->download(be, x_out, s->x, bytes));
   return be->sync(be);

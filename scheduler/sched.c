@@ -1,11 +1,13 @@
 /* The pool and its step: plan (cancels, deadlines, priority preemption,
  * decode tokens, prefill chunks, admissions), one forward pass, then
- * sampling and the per-token hooks. See scheduler.h for the policy. */
+ * sampling and the per-token hooks; and the pool's health after a device
+ * error. See scheduler.h for the policy. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "bl_log.h"
 #include "sched_internal.h"
 
 #define PRE(p) ((p)->cfg.prefix_cache ? &(p)->pre : NULL)
@@ -82,6 +84,7 @@ bl_status sched_pool_create(const sched_pool_cfg *cfg, sched_pool **out, bl_err 
   p->seq = p->ids + 2 * nt;
   p->slots = p->ids + 3 * nt;
   p->stats.total_blocks = p->stats.free_blocks = c.n_blocks;
+  p->stats.healthy = p->acc.healthy = true;
   *out = p;
   return BL_OK;
 }
@@ -286,10 +289,10 @@ static int32_t plan(sched_pool *p, sched_seq *s, int32_t want) {
   int64_t r = room(p, s) - (need - want);
   int32_t got = r < want ? (int32_t)(r < 0 ? 0 : r) : want;
   if (got <= 0) return 0;
-  bl_err ignore = {0};
-  if (kv_make_writable(&p->kv, PRE(p), &s->kv, s->n_computed, &ignore) ||
-      kv_reserve(&p->kv, PRE(p), &s->kv, s->n_computed + got))
-    return 0;
+  bl_err e = {0};
+  bl_status st = kv_make_writable(&p->kv, PRE(p), &s->kv, s->n_computed, &e);
+  if (st == BL_EDEVICE) bl_fail(&p->dev_err, st, "%s", e.msg); /* the step sees it */
+  if (st || kv_reserve(&p->kv, PRE(p), &s->kv, s->n_computed + got)) return 0;
   return got;
 }
 
@@ -462,10 +465,50 @@ static void publish(sched_pool *p) {
   pthread_mutex_unlock(&p->lock);
 }
 
+/* ---- health ------------------------------------------------------------ */
+
+bool sched_pool_healthy(sched_pool *p, char *why, size_t n) {
+  pthread_mutex_lock(&p->lock);
+  bool ok = p->stats.healthy;
+  if (!ok && why && n) snprintf(why, n, "%s", p->stats.error);
+  pthread_mutex_unlock(&p->lock);
+  return ok;
+}
+
+/* A device error: the backend is not used again. Other threads see it at
+ * once (sched_submit refuses from now on). */
+static void mark_unhealthy(sched_pool *p, const char *cause) {
+  pthread_mutex_lock(&p->lock);
+  p->acc.healthy = p->stats.healthy = false;
+  snprintf(p->acc.error, sizeof p->acc.error, "%s pool is unhealthy after a device error: %s",
+           p->name, cause);
+  memcpy(p->stats.error, p->acc.error, sizeof p->stats.error);
+  pthread_mutex_unlock(&p->lock);
+  bl_log(BL_LOG_ERROR, "sched %s: %s; failing the requests it holds (%d), refusing new ones",
+         p->name, p->acc.error, p->n_running + p->n_waiting);
+}
+
+/* Every request of an unhealthy pool ends ERROR with its error; the blocks
+ * go back to the host-side allocator as usual (nothing touches the device). */
+static void fail_all(sched_pool *p) {
+  while (p->n_running > 0)
+    finish_and_drop(p, p->running[p->n_running - 1], SCHED_FIN_ERROR, p->acc.error);
+  while (p->n_waiting > 0)
+    finish_and_drop(p, p->waiting[p->n_waiting - 1], SCHED_FIN_ERROR, p->acc.error);
+}
+
+/* ---- the step ----------------------------------------------------------- */
+
 bl_status sched_pool_step(sched_pool *p, bool *idle, bl_err *err) {
   double t0 = sched_now();
   handle_inbox(p);
   expire(p, t0);
+  if (!p->acc.healthy) { /* whatever arrived since fails the same way */
+    fail_all(p);
+    *idle = true;
+    publish(p);
+    return BL_OK;
+  }
   *idle = p->n_running == 0 && p->n_waiting == 0;
   if (*idle) {
     publish(p);
@@ -475,9 +518,10 @@ bl_status sched_pool_step(sched_pool *p, bool *idle, bl_err *err) {
   plan_step(p);
   int32_t n_out, n_rows;
   int32_t n = fill_batch(p, &n_out, &n_rows);
-  bl_status st = BL_OK;
+  bl_err e = p->dev_err; /* a device error while planning: no forward pass */
+  bl_status st = e.status;
   double f0 = sched_now(), f1 = f0;
-  if (n > 0) {
+  if (n > 0 && !st) {
     model_batch b = {.n_tok = n,
                      .ids = p->ids,
                      .pos = p->pos,
@@ -488,12 +532,15 @@ bl_status sched_pool_step(sched_pool *p, bool *idle, bl_err *err) {
                      .block_tables = p->bt,
                      .n_out = n_out,
                      .out_tok = p->out_tok};
-    st = model_forward(p->m, &p->kv.dev, &b, p->logits, err);
+    st = model_forward(p->m, &p->kv.dev, &b, p->logits, &e);
     f1 = sched_now();
   }
-  if (st) { /* the step's sequences fail; the pool goes on */
+  if (st == BL_EDEVICE) { /* sticky: every request fails, the pool stops stepping */
+    mark_unhealthy(p, e.msg);
+    fail_all(p);
+  } else if (st) { /* the step's sequences fail; the pool goes on */
     for (int32_t i = p->n_running - 1; i >= 0; i--)
-      if (p->running[i]->step_tokens) finish_and_drop(p, p->running[i], SCHED_FIN_ERROR, err->msg);
+      if (p->running[i]->step_tokens) finish_and_drop(p, p->running[i], SCHED_FIN_ERROR, e.msg);
   } else {
     after_forward(p);
   }
@@ -503,5 +550,6 @@ bl_status sched_pool_step(sched_pool *p, bool *idle, bl_err *err) {
   p->acc.forward_s += f1 - f0;
   p->acc.schedule_s += (t1 - t0) - (f1 - f0);
   publish(p);
-  return st;
+  if (st == BL_EDEVICE && p->cfg.on_unhealthy) p->cfg.on_unhealthy(p, p->cfg.health_user);
+  return st ? bl_fail(err, st, "%s", e.msg) : BL_OK;
 }

@@ -227,6 +227,8 @@ bl_status sched_router_calibrate(sched_router *r, int32_t n_tokens, bl_err *err)
       double tps = 0;
       bl_status st = calibrate_one(p, batches[b], n_tokens, &tps, err);
       if (st) return st;
+      char why[SCHED_ERROR_MAX]; /* its requests ended ERROR: no figure to keep */
+      if (!sched_pool_healthy(p, why, sizeof why)) return bl_fail(err, BL_EDEVICE, "%s", why);
       r->cal_tps[which][b] = tps;
     }
   }

@@ -68,6 +68,7 @@ struct sched_pool {
   sched_seq **waiting; /* unordered; scanned for the most urgent */
   int32_t n_waiting, cap_waiting;
   uint64_t step_no;
+  bl_err dev_err; /* a device error met while planning (a copy-on-write), for the step */
   /* step buffers */
   int32_t *ids, *pos, *seq, *slots; /* [max_batched_tokens] */
   int32_t *out_tok;                 /* [max_num_seqs] */
@@ -81,8 +82,8 @@ struct sched_pool {
   pthread_cond_t wake;
   inbox_item *inbox_head, *inbox_tail;
   uint64_t arrivals;
-  sched_stats acc;   /* the stepping thread's counters */
-  sched_stats stats; /* acc as of the last step, for other threads */
+  sched_stats acc;   /* the stepping thread's counters (and health: see mark_unhealthy) */
+  sched_stats stats; /* acc as of the last step, for other threads; health as soon as known */
   bool thread_on, stop_thread;
   pthread_t thread;
 };

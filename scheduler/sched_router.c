@@ -216,6 +216,17 @@ static bl_status submit_phase(sched_router *r, rq *q, rphase ph, sched_pool *poo
   return BL_OK;
 }
 
+/* A pool the request will surely need is unhealthy: refuse it now
+ * (BL_EDEVICE) rather than fail it later. One that turns unhealthy while
+ * the request runs refuses the next phase's submit, which ends it ERROR. */
+static bl_status check_health(sched_router *r, bool executor, bool planner, bl_err *err) {
+  char why[SCHED_ERROR_MAX];
+  if ((executor && !sched_pool_healthy(r->executor, why, sizeof why)) ||
+      (planner && r->planner && !sched_pool_healthy(r->planner, why, sizeof why)))
+    return bl_fail(err, BL_EDEVICE, "%s", why);
+  return BL_OK;
+}
+
 static void emit(rq *q, sched_revent ev) {
   ev.id = q->id;
   if (!ev.text) ev.text = "";
@@ -292,6 +303,7 @@ bl_status sched_router_submit(sched_router *r, const sched_rreq *in, bl_err *err
                  "policy %s plans, which needs chat messages (not prompt token ids)", pol.name);
   else if (in->max_tokens < 1)
     st = bl_fail(err, BL_EINVAL, "max_tokens %d: expected >= 1", in->max_tokens);
+  if (!st) st = check_health(r, pol.route != SCHED_ROUTE_FP16, needs_planner, err);
   if (!st) st = stop_set_copy(&q->stop, in->stop, err);
   if (!st && in->messages) {
     st = copy_messages(q, in, err);
@@ -463,6 +475,12 @@ static void rescue(sched_router *r, rq *q, const sched_event *ev) {
     finish(r, q, SCHED_R_LOOP, NULL);
     return;
   }
+  bl_err err = {0};
+  if (check_health(r, false, true, &err)) { /* no fallback to a broken pool; the output stands */
+    take_answer(q, ev, NULL, 0);
+    finish(r, q, SCHED_R_ERROR, err.msg);
+    return;
+  }
   /* fall back */
   q->trace.fell_back = true;
   q->trace.fallback_mode = q->pol.fallback;
@@ -471,7 +489,6 @@ static void rescue(sched_router *r, rq *q, const sched_event *ev) {
   size_t keep = cut > 0 ? q->text_at[cut - 1] : 0;
   q->out_bytes = keep;
   emit(q, (sched_revent){.kind = SCHED_REV_FALLBACK, .keep_bytes = keep});
-  bl_err err = {0};
   bl_status st;
   if (resume) {
     int32_t n = ev->n_prompt + cut;

@@ -158,7 +158,11 @@ bl_status sched_router_reconfigure(sched_router *r, const sched_router_cfg *cfg,
 /* Validate (policy, overrides, input), copy and start. Errors, with the
  * reason and no event sent: BL_EINVAL (malformed: unknown policy, bad
  * override), BL_ERANGE (over a limit), BL_EUNSUPPORTED (the policy needs
- * what is missing: a planner pool, chat messages). Thread-safe. */
+ * what is missing: a planner pool, chat messages), BL_EDEVICE (the policy
+ * needs a pool that is unhealthy after a device error: its error).
+ * A pool that turns unhealthy later ends the request ERROR with its
+ * error, also when a later phase (the executor after a plan, a fallback)
+ * would need it. Thread-safe. */
 bl_status sched_router_submit(sched_router *r, const sched_rreq *q, bl_err *err);
 /* Thread-safe; unknown ids are ignored. */
 void sched_router_cancel(sched_router *r, uint64_t id);

@@ -35,6 +35,9 @@ inbox_item *inbox_take(sched_pool *p) {
 }
 
 bl_status sched_submit(sched_pool *p, const sched_req *r, bl_err *err) {
+  char why[SCHED_ERROR_MAX];
+  if (!sched_pool_healthy(p, why, sizeof why)) return bl_fail(err, BL_EDEVICE, "%s", why);
+  /* one that slips in as the pool turns unhealthy fails at its next step */
   sched_seq *s;
   bl_status st = seq_create(p, r, &s, err);
   if (st) return st;

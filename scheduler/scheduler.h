@@ -24,11 +24,20 @@
  * with the finish reason. Greedy output is independent of batch composition,
  * preemption and prefix hits because the CPU kernels are batch-invariant
  * (kernels/cpu: fixed reduction order per token) and sampling draws depend
- * only on (seed, position). */
+ * only on (seed, position).
+ *
+ * Health: a device error (BL_EDEVICE from the forward pass or a KV copy)
+ * is sticky on a GPU, so the pool stops using its backend for good. Every
+ * request it holds, and every one that reaches it later, finishes
+ * SCHED_FIN_ERROR with "NAME pool is unhealthy after a device error: ...";
+ * sched_submit refuses new ones (BL_EDEVICE); the thread stays up and the
+ * stats say so (healthy, error). Any other failure of a step only fails
+ * that step's requests. */
 #ifndef SCHEDULER_H
 #define SCHEDULER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "bl_status.h"
@@ -104,6 +113,8 @@ typedef struct sched_req {
   void *user;
 } sched_req;
 
+typedef void (*sched_health_fn)(sched_pool *p, void *user);
+
 typedef struct sched_pool_cfg {
   const char *name;
   model *m;                   /* not owned; its backend runs the pool */
@@ -115,6 +126,10 @@ typedef struct sched_pool_cfg {
   bool prefix_cache;          /* share full blocks of equal prefixes */
   int32_t aging_steps;        /* 0: 256 */
   sched_loop_mode loop;       /* for requests that leave it DEFAULT; 0: off */
+  /* NULL, or called once with health_user, on the stepping thread, when the
+   * pool turns unhealthy (its requests have failed by then) */
+  sched_health_fn on_unhealthy;
+  void *health_user;
 } sched_pool_cfg;
 
 bl_status sched_pool_create(const sched_pool_cfg *cfg, sched_pool **out, bl_err *err);
@@ -124,7 +139,8 @@ const char *sched_pool_name(const sched_pool *p);
 model *sched_pool_model(const sched_pool *p);
 
 /* Validate and enqueue (thread-safe). Bad input is BL_EINVAL / BL_ERANGE with
- * the reason and no event; the request is then not queued. */
+ * the reason and no event; the request is then not queued. An unhealthy
+ * pool refuses with BL_EDEVICE and its error. */
 bl_status sched_submit(sched_pool *p, const sched_req *r, bl_err *err);
 /* Thread-safe; takes effect at the next step boundary. Unknown ids are
  * ignored (the request may have finished already). */
@@ -135,7 +151,9 @@ void sched_move(sched_pool *p, uint64_t id, sched_pool *dst);
 
 /* Drive by hand: one step; *idle is true when there was nothing to do. A
  * failed forward pass fails the requests of that step (SCHED_FIN_ERROR) and
- * returns the status; the pool stays usable. */
+ * returns the status; the pool stays usable, unless the status was
+ * BL_EDEVICE: then it is unhealthy (see the top). An unhealthy pool's
+ * steps fail whatever arrived and return BL_OK. */
 bl_status sched_pool_step(sched_pool *p, bool *idle, bl_err *err);
 /* Or run a thread that steps while there is work and sleeps otherwise. */
 bl_status sched_pool_start(sched_pool *p, bl_err *err);
@@ -151,6 +169,7 @@ typedef struct sched_tps {
   double ewma;    /* moving tokens/s (alpha 1/8); 0 before the first step */
 } sched_tps;
 
+#define SCHED_ERROR_MAX 640 /* a pool name, the prefix and a bl_err message */
 typedef struct sched_stats {
   uint64_t steps, forward_tokens, decode_tokens, prefill_tokens, generated_tokens;
   uint64_t prefix_hit_tokens, preemptions, finished;
@@ -160,6 +179,8 @@ typedef struct sched_stats {
   uint64_t max_wait_steps; /* longest wait from arrival (or preemption) to admission */
   uint64_t loops;          /* requests whose loop detector fired */
   sched_tps decode_tps[SCHED_TPS_MAX_BATCH + 1]; /* [batch size] */
+  bool healthy;                                  /* false for good after a device error */
+  char error[SCHED_ERROR_MAX]; /* !healthy: why, the message its requests fail with */
 } sched_stats;
 
 /* Tokens/s at one batch size from stats: the moving figure when live is
@@ -167,6 +188,9 @@ typedef struct sched_stats {
 double sched_tps_at(const sched_stats *s, int32_t batch, bool live);
 
 void sched_pool_stats(sched_pool *p, sched_stats *out); /* thread-safe */
+/* Thread-safe: false once a device error made p unhealthy; why (NULL or n
+ * bytes) gets its error. */
+bool sched_pool_healthy(sched_pool *p, char *why, size_t n);
 
 /* Monotonic seconds, the clock deadlines use. */
 double sched_now(void);

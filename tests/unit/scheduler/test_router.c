@@ -3,12 +3,14 @@
  * backend, with embed and lm_head replaced so the model says exactly what a
  * test scripts (by generated position), and a byte-level tokenizer built
  * here (256 byte tokens + ChatML and think markers). Both pools are stepped
- * by hand, one request at a time.
+ * by hand, one request at a time. Pools made unhealthy by a device error
+ * (bk_fault around the scripted backend) refuse or end what needs them.
  * usage: test_router TESTS_DATA_DIR */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "bk_fault.h"
 #include "sched_router.h"
 #include "sched_router_internal.h"
 #include "t.h"
@@ -121,13 +123,20 @@ typedef struct world {
   sched_router *r;
 } world;
 
-static model *load(const char *dir, model_prec prec, bk_backend **be, script *s) {
+/* fault: NULL, or a bk_fault spec wrapped around the scripted backend */
+static model *load(const char *dir, model_prec prec, const char *fault, bk_backend **be,
+                   script *s) {
   bl_err err = {0};
   T_CHECK(bk_null_create(be, &err) == BL_OK);
   (*be)->ctx = s;
   (*be)->embed = sc_embed;
   (*be)->qk_norm_rope = sc_rope;
   (*be)->matmul = sc_matmul;
+  if (fault) {
+    bk_backend *w = NULL;
+    T_CHECKF(bk_fault_wrap(*be, fault, &w, &err) == BL_OK, "%s", err.msg);
+    if (w) *be = w;
+  }
   char path[1024];
   snprintf(path, sizeof path, "%s/tiny-qwen3", dir);
   model_load_opts o = {.precision = prec};
@@ -149,17 +158,22 @@ static sched_pool *mkpool(model *m, const char *name) {
   return p;
 }
 
-static void world_init(world *w, const char *dir, bool planner) {
+static void world_init_faults(world *w, const char *dir, bool planner, const char *fault_x,
+                              const char *fault_p) {
   memset(w, 0, sizeof *w);
-  w->mx = load(dir, MODEL_PREC_W2, &w->bx, &w->sx);
+  w->mx = load(dir, MODEL_PREC_W2, fault_x, &w->bx, &w->sx);
   w->px = mkpool(w->mx, "executor");
   if (planner) {
-    w->mp = load(dir, MODEL_PREC_FP16, &w->bp, &w->sp);
+    w->mp = load(dir, MODEL_PREC_FP16, fault_p, &w->bp, &w->sp);
     w->pp = mkpool(w->mp, "planner");
   }
   sched_router_cfg rc = {.executor = w->px, .planner = w->pp, .chat = CHAT_CHATML};
   bl_err err = {0};
   T_CHECKF(sched_router_create(&rc, &w->r, &err) == BL_OK, "%s", err.msg);
+}
+
+static void world_init(world *w, const char *dir, bool planner) {
+  world_init_faults(w, dir, planner, NULL, NULL);
 }
 
 static void world_free(world *w) {
@@ -207,6 +221,7 @@ typedef struct out {
   int finals, loops, commits, fallbacks, plans, tokens_after_final;
   size_t keep;
   sched_rfinish fin;
+  char error[SCHED_ERROR_MAX];
   char answer[256], graded[256];
   bool has_answer;
   sched_trace tr;
@@ -242,6 +257,7 @@ static void on_ev(const sched_revent *ev, void *user) {
   case SCHED_REV_FINAL:
     o->finals++;
     o->fin = ev->finish;
+    snprintf(o->error, sizeof o->error, "%s", ev->error ? ev->error : "");
     o->has_answer = ev->answer != NULL;
     snprintf(o->answer, sizeof o->answer, "%s", ev->answer ? ev->answer : "");
     snprintf(o->graded, sizeof o->graded, "%s", ev->graded ? ev->graded : "");
@@ -268,11 +284,11 @@ static void drain(world *w, out *o) {
 static const chat_message Q[] = {
     {.role = CHAT_USER, .content = "What is 3 + 4?", .content_len = 14}};
 
-static bl_status ask(world *w, out *o, const char *policy, sched_policy_override ov,
-                     int32_t max_tokens, bl_err *err) {
+static bl_status ask_id(world *w, out *o, uint64_t id, const char *policy, sched_policy_override ov,
+                        int32_t max_tokens, bl_err *err) {
   memset(o, 0, sizeof *o);
   o->r = w->r;
-  sched_rreq q = {.id = 7,
+  sched_rreq q = {.id = id,
                   .messages = Q,
                   .n_messages = 1,
                   .enable_thinking = true,
@@ -283,6 +299,11 @@ static bl_status ask(world *w, out *o, const char *policy, sched_policy_override
                   .on_event = on_ev,
                   .user = o};
   return sched_router_submit(w->r, &q, err);
+}
+
+static bl_status ask(world *w, out *o, const char *policy, sched_policy_override ov,
+                     int32_t max_tokens, bl_err *err) {
+  return ask_id(w, o, 7, policy, ov, max_tokens, err);
 }
 
 static void run(world *w, out *o, const char *policy, sched_policy_override ov,
@@ -540,6 +561,88 @@ static void test_no_planner(const char *dir) {
   world_free(&w);
 }
 
+/* ---- unhealthy pools ---------------------------------------------------- */
+
+static bool says(const char *msg, const char *pool, const char *cause) {
+  char head[96];
+  snprintf(head, sizeof head, "%s pool is unhealthy after a device error: null: ", pool);
+  return !strncmp(msg, head, strlen(head)) && strstr(msg, cause);
+}
+
+/* The planner's first forward pass meets a device error. */
+static void test_unhealthy_planner(const char *dir) {
+  world w;
+  world_init_faults(&w, dir, true, NULL, "embed:1");
+  const char *cause = "injected device error in embed (call 1)";
+  out o;
+  bl_err err = {0};
+  set_script(&w.sp, "fp16 says \\boxed{7}.");
+  T_CHECKF(ask(&w, &o, "fp16", NONE, 100, &err) == BL_OK, "%s", err.msg);
+  bool idle;
+  T_CHECK(sched_pool_step(w.pp, &idle, &err) == BL_EDEVICE);
+  T_CHECKF(o.finals == 1 && o.fin == SCHED_R_ERROR && says(o.error, "planner", cause), "%s: %s",
+           sched_rfinish_name(o.fin), o.error);
+  /* what needs the planner is refused at once, with its error */
+  const char *need[] = {"fp16", "plan", "plan+rescue"};
+  for (int i = 0; i < 3; i++) {
+    err = (bl_err){0};
+    T_CHECKF(ask(&w, &o, need[i], NONE, 100, &err) == BL_EDEVICE && says(err.msg, "planner", cause),
+             "%s: %s", need[i], err.msg);
+    T_CHECK(o.finals == 0);
+  }
+  /* a loop with nothing to commit would fall back to it: ERROR, no fallback */
+  set_script(&w.sx, "Hmm. ");
+  add_cycle(&w.sx, CYCLE, 12);
+  run(&w, &o, "rescue", NONE, 1000);
+  T_CHECKF(o.fin == SCHED_R_ERROR && says(o.error, "planner", cause), "%s: %s",
+           sched_rfinish_name(o.fin), o.error);
+  T_CHECK(o.loops == 1 && o.fallbacks == 0 && !o.tr.fell_back && o.tr.exec_tokens > 0);
+  /* what needs only the executor runs */
+  set_script(&w.sx, "<think>3 plus 4 is 7.</think>\\boxed{7}");
+  run(&w, &o, "rescue", NONE, 200);
+  T_CHECK(o.fin == SCHED_R_STOP && !strcmp(o.answer, "7") && !o.error[0]);
+  world_free(&w);
+}
+
+/* The executor fails while a plan is being written: the plan's request
+ * ends ERROR when its executor phase cannot start. */
+static void test_unhealthy_executor(const char *dir) {
+  world w;
+  world_init_faults(&w, dir, true, "embed:2", NULL);
+  const char *cause = "injected device error in embed (call 2)";
+  out po, o;
+  bl_err err = {0};
+  set_script(&w.sp, "1. Add 3 and 4.\n");
+  set_script(&w.sx, "Let me count: one, two, three.");
+  T_CHECKF(ask_id(&w, &po, 1, "plan", NONE, 200, &err) == BL_OK, "%s", err.msg);
+  T_CHECKF(ask_id(&w, &o, 2, "direct", NONE, 200, &err) == BL_OK, "%s", err.msg);
+  bool idle;
+  T_CHECK(sched_pool_step(w.px, &idle, &err) == BL_OK);
+  T_CHECK(sched_pool_step(w.px, &idle, &err) == BL_EDEVICE);
+  T_CHECKF(o.finals == 1 && o.fin == SCHED_R_ERROR && says(o.error, "executor", cause), "%s: %s",
+           sched_rfinish_name(o.fin), o.error);
+  T_CHECK(po.finals == 0);
+  for (int i = 0; i < 1000 && !po.finals; i++) {
+    T_CHECK(sched_pool_step(w.pp, &idle, &err) == BL_OK);
+    T_CHECK(sched_pool_step(w.px, &idle, &err) == BL_OK);
+  }
+  T_CHECKF(po.finals == 1 && po.plans == 1 && po.fin == SCHED_R_ERROR &&
+               says(po.error, "executor", cause),
+           "%s: %s", sched_rfinish_name(po.fin), po.error);
+  T_CHECK(po.tr.plan_tokens > 0 && po.tr.exec_tokens == 0);
+  const char *need[] = {"direct", "rescue", "plan", "auto"};
+  for (int i = 0; i < 4; i++) {
+    err = (bl_err){0};
+    T_CHECKF(ask(&w, &o, need[i], NONE, 100, &err) == BL_EDEVICE &&
+                 says(err.msg, "executor", cause),
+             "%s: %s", need[i], err.msg);
+  }
+  set_script(&w.sp, "fp16 says \\boxed{7}.");
+  run(&w, &o, "fp16", NONE, 100); /* the planner alone still serves */
+  T_CHECK(o.fin == SCHED_R_STOP && !strcmp(o.answer, "7"));
+  world_free(&w);
+}
+
 typedef struct agg_seen {
   int n;
   uint64_t rescue_fallbacks;
@@ -689,5 +792,7 @@ int main(int argc, char **argv) {
   test_reconfigure(&w);
   world_free(&w);
   test_no_planner(argv[1]);
+  test_unhealthy_planner(argv[1]);
+  test_unhealthy_executor(argv[1]);
   return T_DONE();
 }

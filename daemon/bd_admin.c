@@ -1,6 +1,7 @@
 /* The admin HTTP endpoint (libevent's evhttp, on the main thread):
  *   GET  /healthz     the process is up
- *   GET  /readyz      models loaded and not draining (503 otherwise)
+ *   GET  /readyz      models loaded, not draining, the executor pool healthy
+ *                     (503 otherwise, with the reason)
  *   GET  /metrics     Prometheus text (bd_metrics.c)
  *   GET  /v1/config   the effective config as JSON, secrets redacted
  *   POST /v1/reload   re-read the config file; needs the admin bearer token
@@ -95,8 +96,10 @@ static void route(struct evhttp_request *req, void *arg) {
   if (!strcmp(path, "/healthz") && get) {
     send_text(req, 200, "OK", "text/plain", "ok\n", 3);
   } else if (!strcmp(path, "/readyz") && get) {
-    bool ready = atomic_load(&d->ready) && !atomic_load(&d->draining);
-    const char *body = ready ? "ready\n" : atomic_load(&d->draining) ? "draining\n" : "starting\n";
+    char body[SCHED_ERROR_MAX + 2];
+    bool ready = bd_daemon_serving(d, body, sizeof body - 1);
+    if (ready) snprintf(body, sizeof body, "ready");
+    strcat(body, "\n");
     send_text(req, ready ? 200 : 503, ready ? "OK" : "Service Unavailable", "text/plain", body,
               strlen(body));
   } else if (!strcmp(path, "/metrics") && get) {

@@ -73,6 +73,17 @@ bd_limits bd_daemon_limits(bd_daemon *d) {
   return l;
 }
 
+bool bd_daemon_serving(bd_daemon *d, char *why, size_t n) {
+  const char *state = !atomic_load(&d->ready)     ? "starting"
+                      : atomic_load(&d->draining) ? "draining"
+                                                  : NULL;
+  if (state) {
+    if (why && n) snprintf(why, n, "%s", state);
+    return false;
+  }
+  return sched_pool_healthy(d->engine.pools[0].p, why, n);
+}
+
 int bd_daemon_check_token(bd_daemon *d, const char *bearer, size_t len) {
   pthread_rwlock_rdlock(&d->cfg_lock);
   const char *tok = d->cfg->admin_token;
@@ -99,7 +110,7 @@ void bd_daemon_render_metrics(bd_daemon *d, bd_text *out) {
     v[i].calibrated_tps[0] = sched_router_calibrated(e->router, i, 1);
     v[i].calibrated_tps[1] = sched_router_calibrated(e->router, i, 8);
   }
-  bd_server_view sv = {.ready = atomic_load(&d->ready) && !atomic_load(&d->draining),
+  bd_server_view sv = {.ready = bd_daemon_serving(d, NULL, 0),
                        .draining = atomic_load(&d->draining),
                        .active_streams = atomic_load(&d->active_streams),
                        .config_generation = atomic_load(&d->generation),

@@ -40,6 +40,16 @@ typedef struct bd_pool {
   int32_t block_size, max_num_seqs;
 } bd_pool;
 
+/* What start-up hands the engine besides the config. */
+typedef struct bd_engine_opts {
+  /* BALLAST_INJECT_FAULT, a test hook: "POOL:OP:N[:KIND]" wraps pool POOL's
+   * backend with bk_fault (kernels/bk_fault.h); NULL or "": none */
+  const char *inject_fault;
+  /* called once on a pool's thread when that pool turns unhealthy (NULL: none) */
+  void (*on_unhealthy)(void *user);
+  void *user;
+} bd_engine_opts;
+
 typedef struct bd_engine {
   bd_pool pools[2]; /* [0] executor, [1] planner */
   int n_pools;
@@ -48,10 +58,12 @@ typedef struct bd_engine {
   sampler_params sampling; /* the executor model's defaults */
   const tok_tokenizer *tok;
   int32_t vocab;
+  bd_engine_opts opts;
 } bd_engine;
 
-/* Load both pools, start their threads, build the router and calibrate. */
-bl_status bd_engine_open(bd_engine *e, const bd_config *c, bl_err *err);
+/* Load both pools, start their threads, build the router and calibrate.
+ * A malformed opts->inject_fault fails with a message naming the variable. */
+bl_status bd_engine_open(bd_engine *e, const bd_config *c, const bd_engine_opts *opts, bl_err *err);
 void bd_engine_close(bd_engine *e);
 /* The router settings of a config (points into c). */
 sched_router_cfg bd_engine_router_cfg(const bd_engine *e, const bd_config *c);
@@ -103,6 +115,10 @@ typedef struct bd_limits {
   int32_t stream_buffer_bytes;
 } bd_limits;
 bd_limits bd_daemon_limits(bd_daemon *d);
+/* Serving: started, not draining and the executor pool healthy. Otherwise
+ * why (NULL or n bytes) gets "starting", "draining" or the executor's
+ * error. Thread-safe. */
+bool bd_daemon_serving(bd_daemon *d, char *why, size_t n);
 /* The admin token check: 0 ok, 1 missing/wrong, 2 no token configured. */
 int bd_daemon_check_token(bd_daemon *d, const char *bearer, size_t len);
 

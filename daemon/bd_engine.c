@@ -2,12 +2,15 @@
  * pools, each a model on its own backend with its scheduler thread, and the
  * router over them. Built once at start-up from the config; what a reload
  * may change live (policies, templates, limits) goes to the router through
- * sched_router_reconfigure, and the rest waits for a restart. */
+ * sched_router_reconfigure, and the rest waits for a restart. A pool that
+ * turns unhealthy after a device error tells the daemon through
+ * opts.on_unhealthy; BALLAST_INJECT_FAULT (a test hook) makes one do so. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bd_daemon.h"
+#include "bk_fault.h"
 #include "bl_log.h"
 #include "gen_config.h"
 #include "kv_cache.h"
@@ -25,8 +28,42 @@ static bl_status backend(const char *name, const bd_pool_cfg *pc, bk_backend **o
   return bk_cpu_create(pc->threads, out, err);
 }
 
-static bl_status pool_open(bd_pool *p, const char *name, const bd_pool_cfg *pc, bool executor,
-                           bl_err *err) {
+/* BALLAST_INJECT_FAULT=POOL:SPEC: the pool (0 executor, 1 planner) and the
+ * bk_fault spec, checked whole before anything loads; *pool -1: none. */
+static bl_status fault_target(const char *v, bool has_planner, int *pool, const char **spec,
+                              bl_err *err) {
+  *pool = -1;
+  *spec = NULL;
+  if (!v || !*v) return BL_OK;
+  const char *colon = strchr(v, ':');
+  size_t n = colon ? (size_t)(colon - v) : strlen(v);
+  if (n == 8 && !strncmp(v, "executor", 8))
+    *pool = 0;
+  else if (n == 7 && !strncmp(v, "planner", 7))
+    *pool = 1;
+  else
+    return bl_fail(err, BL_EINVAL,
+                   "BALLAST_INJECT_FAULT=%s: expected POOL:OP:N[:KIND], POOL executor or planner "
+                   "(e.g. executor:matmul:200)",
+                   v);
+  if (*pool == 1 && !has_planner)
+    return bl_fail(err, BL_EINVAL, "BALLAST_INJECT_FAULT=%s: there is no planner pool", v);
+  bk_fault_spec fs;
+  bl_err e = {0};
+  if (!colon || bk_fault_parse(colon + 1, &fs, &e))
+    return bl_fail(err, BL_EINVAL, "BALLAST_INJECT_FAULT=%s: %s", v,
+                   colon ? e.msg : "expected POOL:OP:N[:KIND] (e.g. executor:matmul:200)");
+  *spec = colon + 1;
+  return BL_OK;
+}
+
+static void pool_unhealthy(sched_pool *sp, void *user) {
+  const bd_engine *e = user;
+  if (e->opts.on_unhealthy) e->opts.on_unhealthy(e->opts.user);
+}
+
+static bl_status pool_open(bd_engine *e, bd_pool *p, const char *name, const bd_pool_cfg *pc,
+                           bool executor, const char *fault, bl_err *err) {
   p->name = name;
   snprintf(p->precision, sizeof p->precision, "%s", pc->precision);
   snprintf(p->kv_format, sizeof p->kv_format, "%s", pc->kv_format);
@@ -47,6 +84,15 @@ static bl_status pool_open(bd_pool *p, const char *name, const bd_pool_cfg *pc, 
     return bl_fail(err, BL_EINVAL, "pools.%s.kv_format %s: unknown", name, pc->kv_format);
   bl_status st = backend(name, pc, &p->be, err);
   if (st) return st;
+  if (fault) {
+    bk_backend *w;
+    if ((st = bk_fault_wrap(p->be, fault, &w, err))) return st;
+    p->be = w;
+    bl_log(BL_LOG_WARN,
+           "%s: BALLAST_INJECT_FAULT: injecting faults into this pool's backend (%s): a test "
+           "hook, never for serving",
+           name, fault);
+  }
   model_load_opts o = {.precision = prec, .tokenizer_path = pc->tokenizer};
   bl_log(BL_LOG_INFO, "%s: loading %s as %s on %s", name, pc->model, pc->precision, p->device);
   if ((st = model_load(pc->model, &o, p->be, &p->m, err))) return st;
@@ -68,7 +114,9 @@ static bl_status pool_open(bd_pool *p, const char *name, const bd_pool_cfg *pc, 
                       .max_num_seqs = pc->max_num_seqs,
                       .max_batched_tokens = pc->max_batched_tokens,
                       .prefix_cache = pc->prefix_cache,
-                      .loop = executor ? SCHED_LOOP_OBSERVE : SCHED_LOOP_OFF};
+                      .loop = executor ? SCHED_LOOP_OBSERVE : SCHED_LOOP_OFF,
+                      .on_unhealthy = pool_unhealthy,
+                      .health_user = e};
   if ((st = sched_pool_create(&c, &p->p, err))) return st;
   bl_log(BL_LOG_INFO, "%s: %d KV blocks of %d tokens (%s)", name, blocks, pc->block_size,
          pc->kv_format);
@@ -87,13 +135,21 @@ sched_router_cfg bd_engine_router_cfg(const bd_engine *e, const bd_config *c) {
                             .limits = c->policy_limits};
 }
 
-bl_status bd_engine_open(bd_engine *e, const bd_config *c, bl_err *err) {
+bl_status bd_engine_open(bd_engine *e, const bd_config *c, const bd_engine_opts *opts,
+                         bl_err *err) {
   memset(e, 0, sizeof *e);
-  bl_status st = pool_open(&e->pools[0], "executor", &c->executor, true, err);
+  if (opts) e->opts = *opts;
+  int fault_pool;
+  const char *fault;
+  bl_status st = fault_target(e->opts.inject_fault, c->planner.present, &fault_pool, &fault, err);
+  if (st) return st;
+  st = pool_open(e, &e->pools[0], "executor", &c->executor, true, fault_pool == 0 ? fault : NULL,
+                 err);
   e->n_pools = 1;
   if (!st && c->planner.present) {
     e->n_pools = 2;
-    st = pool_open(&e->pools[1], "planner", &c->planner, false, err);
+    st = pool_open(e, &e->pools[1], "planner", &c->planner, false, fault_pool == 1 ? fault : NULL,
+                   err);
   }
   if (st) return st;
   const model *m = e->pools[0].m;

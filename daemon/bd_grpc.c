@@ -60,7 +60,8 @@ grpc_status_code bd_status_of(bl_status st) {
   case BL_ENOMEM: return GRPC_STATUS_RESOURCE_EXHAUSTED;
   case BL_EUNSUPPORTED: return GRPC_STATUS_FAILED_PRECONDITION;
   case BL_ECANCELED: return GRPC_STATUS_CANCELLED;
-  case BL_AGAIN: return GRPC_STATUS_UNAVAILABLE;
+  case BL_AGAIN:
+  case BL_EDEVICE: return GRPC_STATUS_UNAVAILABLE; /* a pool unhealthy after a device error */
   default: return GRPC_STATUS_INTERNAL;
   }
 }

@@ -4,7 +4,9 @@
  * calls UNAVAILABLE, running ones finish within server.drain_timeout_s, the
  * rest are cancelled) and exit 0. Once idle after serving, the heap's free
  * pages go back to the system (glibc keeps them otherwise, and a burst of
- * streams would hold its peak RSS for good). */
+ * streams would hold its peak RSS for good). A pool that turns unhealthy
+ * after a device error wakes the loop (health_ev), which tells the health
+ * watchers; the process stays up. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +31,7 @@ typedef struct app {
   struct event_base *base;
   struct evhttp *http;
   struct event *sig_hup, *sig_term, *sig_int, *drain_timer, *idle_timer;
+  struct event *health_ev;  /* made active by a pool thread (event_active is thread-safe) */
   uint_fast64_t trimmed_at; /* streams_started when the heap was last trimmed */
   double drain_start, drain_timeout;
   bool cancelled;
@@ -102,6 +105,20 @@ static void on_term(evutil_socket_t fd, short what, void *arg) {
   drain_tick(-1, 0, a);
 }
 
+/* On a pool's thread: hand the news to the main loop. */
+static void pool_unhealthy(void *arg) {
+  app *a = arg;
+  event_active(a->health_ev, EV_TIMEOUT, 0);
+}
+
+static void on_health(evutil_socket_t fd, short what, void *arg) {
+  app *a = arg;
+  char why[SCHED_ERROR_MAX];
+  if (!bd_daemon_serving(&a->d, why, sizeof why) && !atomic_load(&a->d.draining))
+    bl_log(BL_LOG_ERROR, "not serving: %s", why);
+  if (a->d.on_health_change) a->d.on_health_change(&a->d);
+}
+
 static int check_config(const char *path) {
   bd_config *c = NULL;
   bl_err err = {0};
@@ -122,7 +139,12 @@ static bl_status start(app *a, bl_err *err) {
   bd_daemon_apply_log_level(d->cfg);
   atomic_store(&d->generation, 1);
   d->t_start = sched_now();
-  if ((st = bd_engine_open(&d->engine, d->cfg, err))) return st;
+  if (!(a->health_ev = event_new(a->base, -1, 0, on_health, a)))
+    return bl_fail(err, BL_ENOMEM, "out of memory");
+  bd_engine_opts eo = {.inject_fault = getenv("BALLAST_INJECT_FAULT"), /* a test hook */
+                       .on_unhealthy = pool_unhealthy,
+                       .user = a};
+  if ((st = bd_engine_open(&d->engine, d->cfg, &eo, err))) return st;
   if ((st = bd_grpc_start(d, d->cfg, &d->grpc, err))) return st;
   if ((st = bd_admin_start(d, a->base, d->cfg->admin_listen, &a->http, err))) return st;
   a->sig_hup = evsignal_new(a->base, SIGHUP, on_hup, a);
@@ -149,7 +171,8 @@ static void stop(app *a) {
   d->grpc = NULL;
   bd_engine_close(&d->engine);
   if (a->http) evhttp_free(a->http);
-  struct event *evs[] = {a->sig_hup, a->sig_term, a->sig_int, a->drain_timer, a->idle_timer};
+  struct event *evs[] = {a->sig_hup,     a->sig_term,   a->sig_int,
+                         a->drain_timer, a->idle_timer, a->health_ev};
   for (size_t i = 0; i < sizeof evs / sizeof *evs; i++)
     if (evs[i]) event_free(evs[i]);
   bd_config_free(d->cfg);

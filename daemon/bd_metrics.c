@@ -406,8 +406,8 @@ static void emit_regime(rctx *c, const family *f) {
     F(emit_queue))                                                                                 \
   X(ACTIVE, ONE, "ballast_active_streams", GAUGE, "", "Generate streams open now",                 \
     V(c->sv.active_streams))                                                                       \
-  X(READY, ONE, "ballast_ready", GAUGE, "", "1 when models are loaded and not draining, else 0",   \
-    V(c->sv.ready))                                                                                \
+  X(READY, ONE, "ballast_ready", GAUGE, "",                                                        \
+    "1 when serving (models loaded, not draining, executor pool healthy), else 0", V(c->sv.ready)) \
   X(DRAINING, ONE, "ballast_draining", GAUGE, "", "1 while draining after SIGTERM or SIGINT",      \
     V(c->sv.draining))                                                                             \
   X(CONFIG_GEN, ONE, "ballast_config_generation", GAUGE, "",                                       \
@@ -415,6 +415,10 @@ static void emit_regime(rctx *c, const family *f) {
     V(c->sv.config_generation))                                                                    \
   X(UPTIME, ONE, "ballast_uptime_seconds", GAUGE, "", "Seconds since the daemon started",          \
     V(c->sv.uptime_s))                                                                             \
+  X(POOL_HEALTHY, POOL, "ballast_pool_healthy", GAUGE, "pool",                                     \
+    "1 while the pool is healthy; 0 for good after a device error (its requests fail, new ones "   \
+    "are refused)",                                                                                \
+    V(s->healthy))                                                                                 \
   X(POOL_RUNNING, POOL, "ballast_pool_running", GAUGE, "pool", "Sequences running in the pool",    \
     V(s->running))                                                                                 \
   X(POOL_WAITING, POOL, "ballast_pool_waiting", GAUGE, "pool",                                     \

@@ -1,7 +1,8 @@
 /* The unary RPCs (Tokenize, ServerInfo, GetStats, Reload), the standard
  * grpc.health.v1 Check, and Watch, which streams the serving status each
- * time it changes (draining turns it NOT_SERVING). Unary handlers run on
- * the completion-queue thread that received the call; each is short. */
+ * time it changes (draining, or an executor pool unhealthy after a device
+ * error, turns it NOT_SERVING). Unary handlers run on the completion-queue
+ * thread that received the call; each is short. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,10 +93,12 @@ static void server_info(bd_grpc *g, bd_incoming *in) {
   bd_daemon *d = g->d;
   const bd_engine *e = &d->engine;
   Ballast__V1__PoolInfo pi[2], *pp[2];
+  char errors[2][SCHED_ERROR_MAX];
   for (int i = 0; i < e->n_pools; i++) {
     const bd_pool *p = &e->pools[i];
     sched_stats st;
     sched_pool_stats(p->p, &st);
+    memcpy(errors[i], st.error, sizeof errors[i]);
     ballast__v1__pool_info__init(&pi[i]);
     pi[i].name = (char *)p->name;
     pi[i].model = p->model_path;
@@ -108,6 +111,8 @@ static void server_info(bd_grpc *g, bd_incoming *in) {
     pi[i].max_num_seqs = p->max_num_seqs;
     pi[i].running = st.running;
     pi[i].waiting = st.waiting;
+    pi[i].healthy = st.healthy;
+    pi[i].error = st.healthy ? (char *)"" : errors[i];
     pp[i] = &pi[i];
   }
   Ballast__V1__Limits lim = BALLAST__V1__LIMITS__INIT;
@@ -183,6 +188,7 @@ static void get_stats(bd_grpc *g, bd_incoming *in) {
     ps[i].decode_tps_b8 = sched_tps_at(&st, 8, true);
     ps[i].calibrated_tps_b1 = sched_router_calibrated(e->router, i, 1);
     ps[i].calibrated_tps_b8 = sched_router_calibrated(e->router, i, 8);
+    ps[i].healthy = st.healthy;
     pp[i] = &ps[i];
   }
   Ballast__V1__FinishCount fc[SCHED_R_ERROR], *fp[SCHED_R_ERROR];
@@ -275,7 +281,7 @@ typedef Grpc__Health__V1__HealthCheckResponse__ServingStatus serving;
 static bool known_service(const char *s) { return !*s || !strcmp(s, "ballast.v1.Ballast"); }
 
 static serving status_now(bd_daemon *d) {
-  return atomic_load(&d->ready) && !atomic_load(&d->draining)
+  return bd_daemon_serving(d, NULL, 0)
              ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
              : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
 }

@@ -425,9 +425,9 @@ class Daemon:
         return d
 
     @classmethod
-    def start(cls, ballastd, cfg, name="ballastd", timeout=180):
-        """Write cfg to a temporary config file, start the daemon and wait
-        for its ready line."""
+    def start(cls, ballastd, cfg, name="ballastd", timeout=180, env=None):
+        """Write cfg to a temporary config file, start the daemon (env: extra
+        environment variables) and wait for its ready line."""
         d = cls()
         d.tmp = tempfile.mkdtemp(prefix=f"{name}-")
         d.config_path = os.path.join(d.tmp, "ballastd.cfg")
@@ -439,7 +439,8 @@ class Daemon:
         # pipe nobody reads would stall it
         with open(d.stdout_path, "wb") as out, open(d.stderr_path, "wb") as err:
             d.proc = subprocess.Popen([ballastd, "--config", d.config_path], stdout=out,
-                                      stderr=err, stdin=subprocess.DEVNULL)
+                                      stderr=err, stdin=subprocess.DEVNULL,
+                                      env={**os.environ, **env} if env else None)
         atexit.register(d._reap)
 
         def ready():

@@ -239,6 +239,7 @@ static bd_pool_view fake_pool(const char *name, const char *prec, int32_t used) 
   v.stats.loops = 4;
   v.stats.decode_tps[1] = (sched_tps){.steps = 10, .sum_s = 0.5, .ewma = 25};
   v.stats.decode_tps[8] = (sched_tps){.steps = 4, .sum_s = 0.1, .ewma = 300};
+  v.stats.healthy = true;
   return v;
 }
 
@@ -248,6 +249,7 @@ static void test_pools(void) {
   T_CHECK(bd_metrics_init(&m, &err) == BL_OK);
   bd_pool_view pools[2] = {fake_pool("executor", "w2", 50), fake_pool(ODD_POOL, "fp16", 0)};
   pools[1].stats.total_blocks = pools[1].stats.free_blocks = 0; /* no ratio from 0/0 */
+  pools[1].stats.healthy = false;                               /* after a device error */
   bd_server_view sv = {.uptime_s = NAN, .config_generation = (1ull << 53) + 1};
   bd_text t;
   render(&m, pools, 2, NULL, &sv, &t);
@@ -258,6 +260,7 @@ static void test_pools(void) {
   T_CHECK(count_lines(p, "ballast_uptime_seconds NaN\n") == 1);
   T_CHECK(count_lines(p, "ballast_config_generation 9007199254740992\n") == 1);
   T_CHECK(sample(p, "ballast_pool_running{pool=\"executor\"}") == 3);
+  T_CHECK(sample(p, "ballast_pool_healthy{pool=\"executor\"}") == 1);
   T_CHECK(sample(p, "ballast_kv_blocks_used{pool=\"executor\"}") == 50);
   T_CHECK(sample(p, "ballast_kv_blocks_total{pool=\"executor\"}") == 200);
   T_CHECK(sample(p, "ballast_kv_usage_ratio{pool=\"executor\"}") == 0.25);
@@ -270,6 +273,8 @@ static void test_pools(void) {
   T_CHECKF(sample(p, key) == 0, "%s", key);
   snprintf(key, sizeof key, "ballast_pool_steps_total%s", odd);
   T_CHECKF(sample(p, key) == 1000, "%s", key);
+  snprintf(key, sizeof key, "ballast_pool_healthy%s", odd);
+  T_CHECKF(sample(p, key) == 0, "%s", key);
   T_CHECK(!strstr(p, "with\nnewline"));
   /* throughput: live at 1 (ewma) and 8, calibrated at 1 only (0: not measured) */
   const char *tps = "ballast_decode_tokens_per_second{pool=\"executor\",precision=\"w2\",batch=";

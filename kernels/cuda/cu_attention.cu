@@ -15,7 +15,13 @@
  * exact multiply; sm_90 has no fp4 conversion instruction, and this keeps
  * the decode identical to the CPU backend's), times the row's E8M0 scale,
  * the tensor scale, or the group's E4M3 scale times the tensor scale. The
- * online softmax is the same for every format. */
+ * online softmax is the same for every format.
+ *
+ * Ids from the batch are checked before they index anything: a token whose
+ * sequence is outside the batch or whose position is past its block-table
+ * row gets a zero output, a block id outside the cache leaves that position
+ * out; each is recorded in the device error word (cu_common.cuh) and comes
+ * back as BL_EDEVICE at the next download or sync. */
 #include "cu_attention.cuh"
 
 #include <math.h>
@@ -58,16 +64,31 @@ static __global__ void __launch_bounds__(CU_ATTN_MAX_WARPS * 32)
                         const uint8_t *__restrict__ kc, const uint8_t *__restrict__ vc,
                         const float *__restrict__ ts, const int32_t *__restrict__ tok_seq,
                         const int32_t *__restrict__ tok_pos,
-                        const int32_t *__restrict__ block_tables, int max_blocks, int n_heads,
-                        int n_kv_heads, int head_dim, int block_size, int rb, int sb, float scale) {
+                        const int32_t *__restrict__ block_tables, int n_seq, int max_blocks,
+                        int n_blocks, int n_heads, int n_kv_heads, int head_dim, int block_size,
+                        int rb, int sb, float scale, cu_derr *derr) {
   __shared__ float s_m[CU_ATTN_MAX_WARPS], s_l[CU_ATTN_MAX_WARPS];
   __shared__ float s_acc[CU_ATTN_MAX_WARPS][E * 32];
   int t = blockIdx.x, h = blockIdx.y;
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
   int kvh = h / (n_heads / n_kv_heads);
-  int pos = tok_pos[t];
-  const int32_t *table = block_tables + (size_t)tok_seq[t] * max_blocks;
+  int pos = tok_pos[t], seq = tok_seq[t];
   const float *qh = q + ((size_t)t * n_heads + h) * head_dim;
+  float *oh = out + ((size_t)t * n_heads + h) * head_dim;
+  /* Block-uniform checks, before any barrier: the whole block leaves. */
+  bool bad_seq = seq < 0 || seq >= n_seq, bad_pos = pos >= max_blocks * block_size;
+  if (bad_seq || bad_pos) {
+    if (threadIdx.x == 0 && h == 0) {
+      if (bad_seq)
+        cu_derr_set(derr, CU_DERR_ATTN_SEQ, seq, n_seq);
+      else
+        cu_derr_set(derr, CU_DERR_ATTN_POS, pos, max_blocks * block_size);
+    }
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+      oh[d] = 0.0f;
+    return;
+  }
+  const int32_t *table = block_tables + (size_t)seq * max_blocks;
   size_t unit_bytes = (size_t)block_size * (size_t)(rb + sb);
   float ts_k = ts ? ts[0] : 0.0f, ts_v = ts ? ts[1] : 0.0f;
 
@@ -80,7 +101,12 @@ static __global__ void __launch_bounds__(CU_ATTN_MAX_WARPS * 32)
   }
   float m = -INFINITY, l = 0.0f;
   for (int p = warp; p <= pos; p += n_warps) {
-    size_t unit = ((size_t)table[p / block_size] * n_kv_heads + kvh) * unit_bytes;
+    int blk = table[p / block_size]; /* the same for every lane: warp-uniform */
+    if (blk < 0 || blk >= n_blocks) {
+      if (lane == 0) cu_derr_set(derr, CU_DERR_ATTN_BLOCK, blk, n_blocks);
+      continue;
+    }
+    size_t unit = ((size_t)blk * n_kv_heads + kvh) * unit_bytes;
     int off = p % block_size;
     cu_kv_row kr = cu_kv_row_at<KIND>(kc + unit, off, block_size, rb, sb, ts_k);
     cu_kv_row vr = cu_kv_row_at<KIND>(vc + unit, off, block_size, rb, sb, ts_v);
@@ -120,7 +146,6 @@ static __global__ void __launch_bounds__(CU_ATTN_MAX_WARPS * 32)
   for (int w = 0; w < n_warps; w++)
     if (s_m[w] != -INFINITY) sum += s_l[w] * expf(s_m[w] - mx); /* else: no positions */
   float inv = sum > 0.0f ? 1.0f / sum : 0.0f; /* no position at all (pos < 0): zeros */
-  float *oh = out + ((size_t)t * n_heads + h) * head_dim;
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
     float o = 0.0f;
     for (int w = 0; w < n_warps; w++)
@@ -140,9 +165,10 @@ static void cu_attention_launch_k(cu_ctx *c, float *out, const float *q, const b
       bk_kv_tensor_scaled(kv->fmt, kv->scaling) ? kv->tensor_scales + 2 * (size_t)layer : NULL;
   cu_attention_kernel<E, KIND><<<grid, warps * 32, 0, c->stream>>>(
       out, q, (const uint8_t *)kv->k[layer], (const uint8_t *)kv->v[layer], ts, b->tok_seq,
-      b->tok_pos, b->block_tables, b->max_blocks, h->n_heads, h->n_kv_heads, h->head_dim,
-      kv->block_size, (int)bk_kv_row_bytes(kv->fmt, kv->head_dim),
-      (int)bk_kv_scale_bytes(kv->fmt, kv->scaling, kv->head_dim), 1.0f / sqrtf((float)h->head_dim));
+      b->tok_pos, b->block_tables, b->n_seq, b->max_blocks, kv->n_blocks, h->n_heads, h->n_kv_heads,
+      h->head_dim, kv->block_size, (int)bk_kv_row_bytes(kv->fmt, kv->head_dim),
+      (int)bk_kv_scale_bytes(kv->fmt, kv->scaling, kv->head_dim), 1.0f / sqrtf((float)h->head_dim),
+      c->derr);
 }
 
 template <int E>

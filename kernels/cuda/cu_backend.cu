@@ -4,7 +4,10 @@
  * All work of a backend goes to its one stream, so ops run in call order and
  * upload/copy/memset0 return before the device has finished; download and
  * sync wait. Upload from pageable memory returns once the source has been
- * staged, so the caller may reuse it at once. */
+ * staged, so the caller may reuse it at once. download and sync are also
+ * where a fault a kernel recorded in the device error word (cu_derr) comes
+ * back as BL_EDEVICE; the word is copied behind the queued work, so it
+ * covers every op queued before. */
 #include "cu_common.cuh"
 
 #include <stdio.h>
@@ -44,6 +47,47 @@ bl_status cu_scratch(cu_ctx *c, size_t bytes, void **out) {
   return BL_OK;
 }
 
+/* Queue the copy of the device error word (before the caller's sync). */
+static bl_status cu_derr_fetch(cu_ctx *c) {
+  CU_CHECK(c, cudaMemcpyAsync(c->derr_host, c->derr, sizeof *c->derr, cudaMemcpyDeviceToHost,
+                              c->stream));
+  return BL_OK;
+}
+
+/* After the sync: BL_EDEVICE, with the op and the bad value, once a kernel has
+ * recorded a fault. Sticky (cu_derr): every later check fails the same way;
+ * the message is logged the first time. */
+static bl_status cu_derr_check(cu_ctx *c) {
+  const cu_derr *e = c->derr_host;
+  if (!e->code) return BL_OK;
+  int n = snprintf(c->last_err, sizeof c->last_err, "%s: ", c->name);
+  char *m = c->last_err + n;
+  size_t left = sizeof c->last_err - (size_t)n;
+  switch (e->code) {
+  case CU_DERR_EMBED_ID:
+    snprintf(m, left, "embed: token id %d outside the table's %d rows", e->value, e->limit);
+    break;
+  case CU_DERR_KV_SLOT:
+    snprintf(m, left, "kv_write: slot %d outside the cache's %d slots", e->value, e->limit);
+    break;
+  case CU_DERR_ATTN_SEQ:
+    snprintf(m, left, "attention: sequence %d outside the batch's %d sequences", e->value,
+             e->limit);
+    break;
+  case CU_DERR_ATTN_POS:
+    snprintf(m, left, "attention: position %d past the block table's %d positions", e->value,
+             e->limit);
+    break;
+  case CU_DERR_ATTN_BLOCK:
+    snprintf(m, left, "attention: block id %d outside the cache's %d blocks", e->value, e->limit);
+    break;
+  default: snprintf(m, left, "device error word %d (%d, %d)", e->code, e->value, e->limit); break;
+  }
+  if (!c->derr_logged) bl_log(BL_LOG_ERROR, "%s", c->last_err);
+  c->derr_logged = 1;
+  return BL_EDEVICE;
+}
+
 extern "C" const char *cu_last_error(const bk_backend *be) { return cu_ctx_of(be)->last_err; }
 
 /* ---- buffers ---------------------------------------------------------- */
@@ -80,8 +124,10 @@ static bl_status cu_download(bk_backend *be, void *host_dst, const void *src, si
   CU_ENTER(c, be);
   if (!bytes) return BL_OK;
   CU_CHECK(c, cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+  bl_status st = cu_derr_fetch(c);
+  if (st != BL_OK) return st;
   CU_CHECK(c, cudaStreamSynchronize(c->stream));
-  return BL_OK;
+  return cu_derr_check(c);
 }
 
 static bl_status cu_copy(bk_backend *be, void *dst, const void *src, size_t bytes) {
@@ -100,8 +146,10 @@ static bl_status cu_memset0(bk_backend *be, void *dst, size_t bytes) {
 
 static bl_status cu_sync(bk_backend *be) {
   CU_ENTER(c, be);
+  bl_status st = cu_derr_fetch(c);
+  if (st != BL_OK) return st;
   CU_CHECK(c, cudaStreamSynchronize(c->stream));
-  return BL_OK;
+  return cu_derr_check(c);
 }
 
 /* ---- life cycle ------------------------------------------------------- */
@@ -114,6 +162,8 @@ static void cu_destroy(bk_backend *be) {
       cudaStreamSynchronize(c->stream);
     }
     if (c->scratch) cudaFree(c->scratch);
+    if (c->derr) cudaFree(c->derr);
+    if (c->derr_host) cudaFreeHost(c->derr_host);
     if (c->blas) cublasDestroy(c->blas);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c);
@@ -163,6 +213,12 @@ static bl_status cu_open_device(int dev, cu_ctx *c, bl_err *err) {
   }
   if ((s = cublasSetStream(c->blas, c->stream)) != CUBLAS_STATUS_SUCCESS)
     return bl_fail(err, BL_EDEVICE, "cuda:%d: cublasSetStream: %s", dev, cublasGetStatusString(s));
+  if ((e = cudaMalloc(&c->derr, sizeof *c->derr)) != cudaSuccess ||
+      (e = cudaMemset(c->derr, 0, sizeof *c->derr)) != cudaSuccess ||
+      (e = cudaMallocHost(&c->derr_host, sizeof *c->derr_host)) != cudaSuccess)
+    return bl_fail(err, BL_EDEVICE, "cuda:%d: the device error word: %s", dev,
+                   cudaGetErrorString(e));
+  memset(c->derr_host, 0, sizeof *c->derr_host);
   bl_log(BL_LOG_INFO, "cuda:%d: %s, sm_%d%d, %d SMs, %.1f GiB", dev, prop.name, prop.major,
          prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1 << 30));
   return BL_OK;
@@ -204,6 +260,7 @@ extern "C" bl_status bk_cuda_create(int dev, bk_backend **out, bl_err *err) {
   be->add = cu_add;
   be->kv_write = cu_kv_write;
   be->attention = cu_attention;
+  be->last_error = cu_last_error;
   *out = be;
   return BL_OK;
 }

@@ -5,7 +5,10 @@
  * Invariants: one context per device, used by one thread (the replica's
  * scheduler), every launch on ctx->stream, so work is ordered and the scratch
  * buffer may be reused by the next op without a sync. Kernels never exit()
- * or trap; bad device data (an out-of-range id) gives NaN, not a fault. */
+ * or trap: a kernel that meets bad device data (an out-of-range token id,
+ * KV slot, sequence, position or block id) touches no memory out of range
+ * and records the first such fault in the context's device error word
+ * (cu_derr); download and sync report it as BL_EDEVICE. */
 #ifndef CU_COMMON_CUH
 #define CU_COMMON_CUH
 
@@ -15,11 +18,41 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "cu_ops.h"
 
 extern "C" {
 #include "bl_log.h"
+}
+
+/* What a kernel found wrong in device data (cu_derr.code). */
+enum cu_derr_code {
+  CU_DERR_NONE = 0,
+  CU_DERR_EMBED_ID,   /* embed: a token id outside the table's rows */
+  CU_DERR_KV_SLOT,    /* kv_write: a slot past the cache (negative slots are padding) */
+  CU_DERR_ATTN_SEQ,   /* attention: a token's sequence outside the batch */
+  CU_DERR_ATTN_POS,   /* attention: a position past the block table's row */
+  CU_DERR_ATTN_BLOCK, /* attention: a block id outside the cache */
+};
+
+/* The device error word: the first fault of the context's life, (code,
+ * the bad value, the bound it broke). Sticky: nothing resets it, because
+ * work queued after a fault (a KV write skipped, a position left out of
+ * attention) has already run on bad state, as on a corrupted context; the
+ * replica is marked unhealthy and rebuilt. */
+typedef struct cu_derr {
+  int code; /* cu_derr_code; 0: none */
+  int value, limit;
+  int pad;
+} cu_derr;
+
+/* Record a fault; the first one wins. */
+static __device__ __forceinline__ void cu_derr_set(cu_derr *e, int code, int value, int limit) {
+  if (atomicCAS(&e->code, 0, code) == 0) {
+    e->value = value;
+    e->limit = limit;
+  }
 }
 
 typedef struct cu_ctx {
@@ -31,6 +64,9 @@ typedef struct cu_ctx {
   int sm_count, cc_major, cc_minor;
   char name[16];      /* "cuda:N" */
   char last_err[256]; /* last device error message */
+  cu_derr *derr;      /* device, zeroed at creation, never reset (see cu_derr) */
+  cu_derr *derr_host; /* pinned copy, read at download and sync */
+  int derr_logged;    /* the fault has been logged (once) */
 } cu_ctx;
 
 static inline cu_ctx *cu_ctx_of(const bk_backend *be) { return (cu_ctx *)be->ctx; }
@@ -80,6 +116,14 @@ static inline size_t cu_round_up(size_t a, size_t b) { return (a + b - 1) / b * 
 static __device__ __forceinline__ float cu_warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1)
     v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+/* Max over the 32 lanes of a warp (fmaxf: NaN lanes are ignored); every
+ * lane gets the result. All 32 lanes must call it. */
+static __device__ __forceinline__ float cu_warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 

@@ -15,18 +15,34 @@
  * kernel per K and V that, while the layer's scale is still 0, sets it from
  * the largest finite |x| of this write's in-range tokens (kv_format.h's
  * rule); once set it exits at once. It is queued before the encode kernel
- * on the same stream. */
+ * on the same stream.
+ *
+ * A slot past the cache is written nowhere and recorded in the device error
+ * word (cu_common.cuh), which the next download or sync reports; the
+ * calibration skips it as well. */
 #include "cu_kv_write.cuh"
 
 #include "kv_format.h"
 
+/* Does the token at slot write nothing? A negative slot is padding; one past
+ * the cache is a fault, recorded in the device error word (thread 0 of the
+ * first (token, head) unit reports it) and not written. */
+static __device__ __forceinline__ bool cu_kv_slot_skip(int slot, int n_slots, cu_derr *derr) {
+  if (slot < 0) return true;
+  if (slot < n_slots) return false;
+  if (threadIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0)
+    cu_derr_set(derr, CU_DERR_KV_SLOT, slot, n_slots);
+  return true;
+}
+
 static __global__ void cu_kv_write_kernel(__half *__restrict__ kc, __half *__restrict__ vc,
                                           const float *__restrict__ k, const float *__restrict__ v,
                                           const int32_t *__restrict__ slots, int n_slots,
-                                          int n_kv_heads, int block_size, int head_dim) {
+                                          int n_kv_heads, int block_size, int head_dim,
+                                          cu_derr *derr) {
   int t = blockIdx.x, h = blockIdx.y;
   int slot = slots[t];
-  if (slot < 0 || slot >= n_slots) return; /* the whole block: no barriers below */
+  if (cu_kv_slot_skip(slot, n_slots, derr)) return; /* the whole block: no barriers below */
   size_t dst =
       (((size_t)(slot / block_size) * n_kv_heads + h) * block_size + (size_t)(slot % block_size)) *
       head_dim;
@@ -35,12 +51,6 @@ static __global__ void cu_kv_write_kernel(__half *__restrict__ kc, __half *__res
     kc[dst + d] = __float2half_rn(k[src + d]);
     vc[dst + d] = __float2half_rn(v[src + d]);
   }
-}
-
-static __device__ __forceinline__ float cu_warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1)
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
 }
 
 /* ts[0] (K, blockIdx.x 0) or ts[1] (V, 1): see the top of the file. x rows
@@ -75,10 +85,10 @@ static __global__ void cu_kv_write_q_kernel(uint8_t *__restrict__ kc, uint8_t *_
                                             const float *__restrict__ ts,
                                             const int32_t *__restrict__ slots, int n_slots,
                                             int n_kv_heads, int block_size, int head_dim, size_t rb,
-                                            size_t sb, int fmt, int scaling) {
+                                            size_t sb, int fmt, int scaling, cu_derr *derr) {
   int t = blockIdx.x, h = blockIdx.y, which = blockIdx.z, lane = threadIdx.x;
   int slot = slots[t];
-  if (slot < 0 || slot >= n_slots) return; /* the whole warp */
+  if (cu_kv_slot_skip(slot, n_slots, derr)) return; /* the whole warp */
   size_t unit_bytes = (size_t)block_size * (rb + sb);
   size_t off = (size_t)(slot % block_size);
   uint8_t *unit = (which ? vc : kc) + ((size_t)(slot / block_size) * n_kv_heads + h) * unit_bytes;
@@ -114,7 +124,7 @@ bl_status cu_kv_write_launch(cu_ctx *c, const bk_kv_cache *kv, int32_t layer, co
     unsigned threads = cu_min_u((unsigned)cu_round_up((size_t)kv->head_dim, 32), 128);
     cu_kv_write_kernel<<<grid, threads, 0, c->stream>>>(
         (__half *)kv->k[layer], (__half *)kv->v[layer], k, v, slots, n_slots, kv->n_kv_heads,
-        kv->block_size, kv->head_dim);
+        kv->block_size, kv->head_dim, c->derr);
     CU_CHECK_LAUNCH(c, "cu_kv_write_kernel");
     return BL_OK;
   }
@@ -129,7 +139,8 @@ bl_status cu_kv_write_launch(cu_ctx *c, const bk_kv_cache *kv, int32_t layer, co
   cu_kv_write_q_kernel<<<grid, 32, 0, c->stream>>>(
       (uint8_t *)kv->k[layer], (uint8_t *)kv->v[layer], k, v, ts, slots, n_slots, kv->n_kv_heads,
       kv->block_size, kv->head_dim, bk_kv_row_bytes(kv->fmt, kv->head_dim),
-      bk_kv_scale_bytes(kv->fmt, kv->scaling, kv->head_dim), (int)kv->fmt, (int)kv->scaling);
+      bk_kv_scale_bytes(kv->fmt, kv->scaling, kv->head_dim), (int)kv->fmt, (int)kv->scaling,
+      c->derr);
   CU_CHECK_LAUNCH(c, "cu_kv_write_q_kernel");
   return BL_OK;
 }

@@ -6,8 +6,10 @@
 
 #include "cu_common.cuh"
 
-/* k, v: [n][n_kv_heads*head_dim] fp32; slots: device int32 [n]. A slot
- * outside 0..n_blocks*block_size-1 (e.g. -1 for a padding token) is skipped.
+/* k, v: [n][n_kv_heads*head_dim] fp32; slots: device int32 [n]. A negative
+ * slot (a padding token) is skipped; one at or past n_blocks*block_size is
+ * skipped too and recorded as a fault (BL_EDEVICE at the next download or
+ * sync).
  * Tensor-scaled formats calibrate kv->tensor_scales[2*layer .. +1] on the
  * layer's first write (kvcache/kv_format.h). */
 bl_status cu_kv_write_launch(cu_ctx *c, const bk_kv_cache *kv, int32_t layer, const float *k,

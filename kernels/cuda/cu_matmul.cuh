@@ -1,9 +1,11 @@
 /* matmul: y[n][rows] = x[n][cols] . W^T for a prepared weight of any format.
  *
  * Few tokens: a GEMV kernel, one warp per output row (or four), that streams
- * the row once per CU_GEMV_TILE tokens with 16-byte loads, dequantizes in
- * registers (w = scale*q + min, folded as scale*sum(q*x) + min*sum(x) per
- * 32-column block), accumulates in fp32 and warp-reduces.
+ * the row once per CU_GEMV_TILE tokens with 16-byte loads and warp-reduces.
+ * fp16 weights: fp32 products and sums. W4/W2: x rounded to fp16 once per
+ * call and staged in shared memory, fields unpacked in registers as fp16,
+ * w = scale*q + min folded as scale*sum(q*x) + min*sum(x) per 32-column
+ * block, the block's sum(q*x) in fp16, the rest in fp32 (cu_matmul.cu).
  * More tokens: x is rounded to fp16 and cuBLAS multiplies it by the fp16
  * weight (quantized weights are first dequantized to fp16, a tile of rows at
  * a time), fp32 accumulate and fp32 output. For fp16 weights cuBLAS wins past

@@ -5,8 +5,10 @@
  * benchmark can call an op directly. All pointers are device pointers from
  * be->alloc; ops are asynchronous on the backend's stream and return BL_OK,
  * BL_EINVAL (a weight that was not prepared, a shape a kernel cannot take) or
- * BL_EDEVICE (a CUDA or cuBLAS call failed; the message is logged at error
- * level and kept for cu_last_error). This header is plain C. */
+ * BL_EDEVICE (a CUDA or cuBLAS call failed; or, from download and sync, a
+ * kernel met an id, slot or block out of range: cu_common.cuh's device error
+ * word, sticky; the message is logged at error level and kept for
+ * cu_last_error). This header is plain C. */
 #ifndef CU_OPS_H
 #define CU_OPS_H
 

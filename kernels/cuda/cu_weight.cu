@@ -54,13 +54,17 @@ static bl_status cu_weight_upload(cu_ctx *c, const bk_weight *w, cu_weight *cw) 
                                 cudaMemcpyHostToDevice, c->stream));
   }
   if (w->fmt != BK_WF_F16) {
-    size_t ng = (size_t)w->rows * (size_t)cw->n_groups;
-    uint16_t *sm = (uint16_t *)malloc(ng * 4); /* (scale, min) pairs, as __half2 */
+    /* (scale, min) pairs as __half2, rows in quads (cu_weight.cuh) */
+    int ngr = cw->n_groups;
+    size_t ng = cu_round_up((size_t)w->rows, 4) * (size_t)ngr;
+    uint16_t *sm = (uint16_t *)calloc(ng, 4);
     if (!sm) return BL_ENOMEM;
-    for (size_t i = 0; i < ng; i++) {
-      sm[2 * i] = w->scales[i];
-      sm[2 * i + 1] = w->mins[i];
-    }
+    for (int r = 0; r < w->rows; r++)
+      for (int g = 0; g < ngr; g++) {
+        size_t i = cu_sm_index(r, g, ngr), h = (size_t)r * (size_t)ngr + (size_t)g;
+        sm[2 * i] = w->scales[h];
+        sm[2 * i + 1] = w->mins[h];
+      }
     cudaError_t e = cudaMalloc(&cw->sm, ng * 4);
     if (e == cudaSuccess)
       e = cudaMemcpyAsync(cw->sm, sm, ng * 4, cudaMemcpyHostToDevice, c->stream);

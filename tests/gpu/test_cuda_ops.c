@@ -3,8 +3,11 @@
  * all three weight formats with and without perm, outputs poisoned with NaN
  * first so an element a kernel forgets to write fails; kv_write and attention
  * for every KV format (fp16, fp8 per head and per tensor, nvfp4), the caches
- * compared byte for byte. After the checks, a
- * few timings in GB/s (llm.c dev/cuda style); BALLAST_NO_BENCH=1 skips them.
+ * compared byte for byte; out-of-range device data (a KV slot, a block id, a
+ * sequence, a position, a token id) must come back as BL_EDEVICE naming the
+ * op and the value, each on a fresh backend since the fault is sticky.
+ * After the checks, a few timings in GB/s (llm.c dev/cuda style);
+ * BALLAST_NO_BENCH=1 skips them.
  *
  * Where no GPU is present (CI) bk_cuda_create says BL_EUNSUPPORTED: the test
  * prints one line "gpu suite skipped: <reason>" and exits 77, meson's skip.
@@ -18,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "bl_half.h"
@@ -230,21 +234,24 @@ static void test_embed(pair *p, rng *r) {
                {BK_WF_W4, 5, 128, 64},
                {BK_WF_W2, 37, 96, 32},
                {BK_WF_W2, 9, 256, 128}};
-  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-    hweight h = make_weight(r, cases[c].fmt, cases[c].rows, cases[c].cols, cases[c].gs, false);
-    int32_t ids[6] = {0, cases[c].rows - 1, rng_int(r, cases[c].rows), rng_int(r, cases[c].rows), 1,
-                      0};
-    float *want = run_embed(p->cpu, &h.w, ids, 6), *got = run_embed(p->gpu, &h.w, ids, 6);
-    char what[64];
-    snprintf(what, sizeof what, "embed %s %dx%d", bk_wfmt_name(cases[c].fmt), cases[c].rows,
-             cases[c].cols);
-    /* Both sides compute s*q + m in fp32 (the GPU may fuse it into one FMA):
-     * at most 2 roundings of values below 2, so 1e-6 absolute. */
-    expect_near(what, got, want, (size_t)6 * cases[c].cols, 1e-6, 1e-6);
-    free(want);
-    free(got);
-    free_weight(&h);
-  }
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+    for (int perm = 0; perm < 2; perm++) {
+      hweight h = make_weight(r, cases[c].fmt, cases[c].rows, cases[c].cols, cases[c].gs, perm);
+      int32_t ids[6] = {
+          0, cases[c].rows - 1, rng_int(r, cases[c].rows), rng_int(r, cases[c].rows), 1, 0};
+      float *want = run_embed(p->cpu, &h.w, ids, 6), *got = run_embed(p->gpu, &h.w, ids, 6);
+      char what[64];
+      snprintf(what, sizeof what, "embed %s %dx%d%s", bk_wfmt_name(cases[c].fmt), cases[c].rows,
+               cases[c].cols, perm ? " perm" : "");
+      /* Both sides compute s*q + m in fp32 (the GPU may fuse it into one
+       * FMA): at most 2 roundings of values below 2, so 1e-6 absolute. A
+       * permuted table is written back through perm (backend.h): packed
+       * column k lands in column perm[k]. */
+      expect_near(what, got, want, (size_t)6 * cases[c].cols, 1e-6, 1e-6);
+      free(want);
+      free(got);
+      free_weight(&h);
+    }
 }
 
 static float *run_rmsnorm(bk_backend *be, const float *x, const float *w, int n, int dim,
@@ -364,7 +371,19 @@ static void check_matmul(pair *p, rng *r, const hweight *h, int n) {
   float *want = run_matmul(p->cpu, w, x, n), *got = run_matmul(p->gpu, w, x, n);
   /* Either side may round x and w to fp16 (the cuBLAS path does for large n):
    * each product is then off by at most 2*2^-11 relative, so the sum by at
-   * most 1e-3 * sum_k |w_k x_k|, plus fp32 rounding of the sums. */
+   * most 1e-3 * sum_k |w_k x_k|, plus fp32 rounding of the sums.
+   * The W4/W2 GEMV (n <= 32, kernels/cuda/cu_matmul.cu) rounds x to fp16
+   * (w = scale*q + min stays exact) and sums q*x*2^-e in fp16 over 16-value
+   * spans, 8 HFMA2 per half2 lane, then in fp32. Each HFMA2 rounds to u =
+   * 2^-11 of its partial sum S_k (2^-25 absolute below fp16's normal range,
+   * < 2^-15 * the block's max |x| after the prescale), so a span is off by
+   * at most u * (|S_1| + ... + |S_8|) <= 8u * sum |q x|: 3.9e-3 * sum
+   * |scale q x|, ~4x the bound above, if every partial sum were as large as
+   * the span's sum of |q x|. With products of both signs they grow as a
+   * random walk and the roundings cancel: the emulator (fp16 bit for bit as
+   * the GPU; fixed data) measures 0.49x the 1e-3 bound at worst, 0.25x with
+   * fp32 sums, so it is not widened. Mis-scaling one of W2's four field
+   * positions fails it by 20-190x. */
   double *atol = malloc((size_t)n * w->rows * sizeof(double));
   for (int t = 0; t < n; t++)
     for (int i = 0; i < w->rows; i++) {
@@ -682,6 +701,185 @@ static void test_attention(pair *p, rng *r) {
     }
 }
 
+/* ---- device errors -------------------------------------------------------- */
+
+/* stderr into a temporary file, to read what the backend logged. */
+typedef struct capture {
+  int saved;
+  FILE *f;
+} capture;
+
+static capture capture_start(void) {
+  fflush(stderr);
+  capture c = {dup(2), tmpfile()};
+  if (c.saved < 0 || !c.f || dup2(fileno(c.f), 2) < 0) {
+    fprintf(stderr, "harness: cannot capture stderr\n");
+    exit(1);
+  }
+  return c;
+}
+
+/* Stop capturing; buf gets what was written (echoed to stderr as well). */
+static void capture_end(capture *c, char *buf, size_t size) {
+  fflush(stderr);
+  dup2(c->saved, 2);
+  close(c->saved);
+  rewind(c->f);
+  size_t k = fread(buf, 1, size - 1, c->f);
+  buf[k] = 0;
+  fclose(c->f);
+  fputs(buf, stderr);
+}
+
+/* A fresh CUDA backend: the device error word is sticky, so every case gets
+ * its own (as a replica's is rebuilt after a fault). */
+static bk_backend *fresh_gpu(void) {
+  bl_err err = {0};
+  bk_backend *g = NULL;
+  must(bk_cuda_create(0, &g, &err), "bk_cuda_create");
+  return g;
+}
+
+/* The op ran (asynchronously, BL_OK); now sync must say BL_EDEVICE with the
+ * op and the value in the message, twice (sticky), and so must a download. */
+static void expect_fault(bk_backend *g, const char *what, const char *msg) {
+  char log[2048];
+  capture cap = capture_start();
+  bl_status st = g->sync(g), st2 = g->sync(g);
+  float dummy;
+  void *d = dev_alloc(g, sizeof dummy);
+  bl_status st3 = g->download(g, &dummy, d, sizeof dummy);
+  g->free(g, d);
+  capture_end(&cap, log, sizeof log);
+  T_CHECKF(st == BL_EDEVICE, "%s: sync gave %s, not %s", what, bl_status_str(st),
+           bl_status_str(BL_EDEVICE));
+  T_CHECKF(st2 == BL_EDEVICE && st3 == BL_EDEVICE, "%s: the fault is not sticky (%s, %s)", what,
+           bl_status_str(st2), bl_status_str(st3));
+  T_CHECKF(strstr(log, msg) != NULL, "%s: the log does not say \"%s\"", what, msg);
+  if (st == BL_EDEVICE && strstr(log, msg)) printf("ok  %-48s BL_EDEVICE\n", what);
+}
+
+/* kv_write to a slot one past the cache: nothing written past the layer
+ * (a guard region behind it keeps its pattern), the valid token written. */
+static void test_fault_kv_write(rng *r, bk_kvfmt fmt) {
+  bk_backend *g = fresh_gpu();
+  enum { NB = 4, BS = 16, NKV = 2, HD = 32, GUARD = 4096 };
+  bk_kv_cache kv = {.fmt = fmt,
+                    .n_layers = 1,
+                    .n_blocks = NB,
+                    .block_size = BS,
+                    .n_kv_heads = NKV,
+                    .head_dim = HD};
+  void *k[1], *v[1];
+  kv.k = k, kv.v = v;
+  if (bk_kv_tensor_scaled(kv.fmt, kv.scaling)) {
+    kv.tensor_scales = dev_alloc(g, 2 * sizeof(float));
+    must(g->memset0(g, kv.tensor_scales, 2 * sizeof(float)), "memset0");
+  }
+  size_t lb = kv_layer_bytes(&kv);
+  uint8_t *pat = malloc(lb + GUARD);
+  memset(pat, 0x5a, lb + GUARD);
+  k[0] = dev_put(g, pat, lb + GUARD);
+  v[0] = dev_put(g, pat, lb + GUARD);
+  int32_t slots[2] = {5, NB * BS}; /* the second is one past the last slot */
+  float *x = rand_f(r, 2 * NKV * HD, -1, 1);
+  float *dx = dev_put(g, x, 2 * NKV * HD * sizeof(float));
+  int32_t *ds = dev_put(g, slots, sizeof slots);
+  bl_status st = g->kv_write(g, &kv, 0, dx, dx, ds, 2);
+  char what[64], msg[96];
+  snprintf(what, sizeof what, "fault kv_write %s slot %d", fmt == BK_KV_F16 ? "fp16" : "nvfp4",
+           NB * BS);
+  snprintf(msg, sizeof msg, "kv_write: slot %d outside the cache's %d slots", NB * BS, NB * BS);
+  T_CHECKF(st == BL_OK, "%s: the op itself gave %s", what, bl_status_str(st));
+  expect_fault(g, what, msg);
+  /* download still copies after the fault (and says BL_EDEVICE) */
+  uint8_t *got = malloc(lb + GUARD);
+  for (int which = 0; which < 2; which++) {
+    (void)g->download(g, got, which ? v[0] : k[0], lb + GUARD);
+    T_CHECKF(memcmp(got + lb, pat + lb, GUARD) == 0, "%s: the guard past the layer was written",
+             what);
+    T_CHECKF(memcmp(got, pat, lb) != 0, "%s: the valid token was not written", what);
+  }
+  free(got), free(pat), free(x);
+  g->free(g, dx), g->free(g, ds), g->free(g, k[0]), g->free(g, v[0]);
+  if (kv.tensor_scales) g->free(g, kv.tensor_scales);
+  bk_destroy(g);
+}
+
+/* attention with one bad id in the batch: a block id past the cache or
+ * negative inside the attended range, a sequence outside the batch, a
+ * position past the block table. */
+static void test_fault_attention(rng *r, int kind) {
+  bk_backend *g = fresh_gpu();
+  enum { NB = 4, BS = 8, NH = 2, NKV = 1, HD = 32, MAXB = 3 };
+  bk_kv_cache kv = {.fmt = BK_KV_F16,
+                    .n_layers = 1,
+                    .n_blocks = NB,
+                    .block_size = BS,
+                    .n_kv_heads = NKV,
+                    .head_dim = HD};
+  void *k[1], *v[1];
+  kv.k = k, kv.v = v;
+  size_t lb = kv_layer_bytes(&kv);
+  k[0] = dev_alloc(g, lb);
+  v[0] = dev_alloc(g, lb);
+  must(g->memset0(g, k[0], lb), "memset0");
+  must(g->memset0(g, v[0], lb), "memset0");
+  int32_t table[MAXB] = {2, 0, 1}, seq[2] = {0, 0}, pos[2] = {3, 2 * BS + 1};
+  static const char *whats[] = {"block id past the cache", "negative block id",
+                                "sequence outside the batch", "position past the table"};
+  static const char *msgs[] = {"attention: block id 4 outside the cache's 4 blocks",
+                               "attention: block id -1 outside the cache's 4 blocks",
+                               "attention: sequence 1 outside the batch's 1 sequences",
+                               "attention: position 24 past the block table's 24 positions"};
+  if (kind == 0) table[1] = NB;
+  if (kind == 1) table[2] = -1;
+  if (kind == 2) seq[1] = 1;
+  if (kind == 3) pos[1] = MAXB * BS; /* NB 4, MAXB * BS 24: the messages above */
+  char what[64];
+  snprintf(what, sizeof what, "fault attention %s", whats[kind]);
+  bk_heads hd = {.n_heads = NH, .n_kv_heads = NKV, .head_dim = HD};
+  float *q = rand_f(r, 2 * NH * HD, -1, 1);
+  float *dq = dev_put(g, q, 2 * NH * HD * sizeof(float));
+  float *out = dev_alloc(g, 2 * NH * HD * sizeof(float));
+  bk_attn_batch b = {.n_tok = 2, .n_seq = 1, .max_blocks = MAXB};
+  b.tok_seq = dev_put(g, seq, sizeof seq);
+  b.tok_pos = dev_put(g, pos, sizeof pos);
+  b.block_tables = dev_put(g, table, sizeof table);
+  bl_status st = g->attention(g, out, dq, &kv, 0, &b, &hd);
+  T_CHECKF(st == BL_OK, "%s: the op itself gave %s", what, bl_status_str(st));
+  expect_fault(g, what, msgs[kind]);
+  free(q);
+  g->free(g, dq), g->free(g, out), g->free(g, k[0]), g->free(g, v[0]);
+  g->free(g, (void *)b.tok_seq), g->free(g, (void *)b.tok_pos), g->free(g, (void *)b.block_tables);
+  bk_destroy(g);
+}
+
+/* embed of a token id past the table. */
+static void test_fault_embed(rng *r) {
+  bk_backend *g = fresh_gpu();
+  hweight h = make_weight(r, BK_WF_W4, 9, 64, 32, false);
+  bk_weight w = weight_on(g, &h.w);
+  int32_t ids[3] = {1, 9, 0};
+  int32_t *d_ids = dev_put(g, ids, sizeof ids);
+  float *out = dev_alloc(g, 3 * 64 * sizeof(float));
+  bl_status st = g->embed(g, out, &w, d_ids, 3);
+  T_CHECKF(st == BL_OK, "fault embed: the op itself gave %s", bl_status_str(st));
+  expect_fault(g, "fault embed token id 9", "embed: token id 9 outside the table's 9 rows");
+  g->free(g, d_ids), g->free(g, out);
+  weight_off(g, &w);
+  free_weight(&h);
+  bk_destroy(g);
+}
+
+static void test_faults(rng *r) {
+  test_fault_kv_write(r, BK_KV_F16);
+  test_fault_kv_write(r, BK_KV_NVFP4);
+  for (int kind = 0; kind < 4; kind++)
+    test_fault_attention(r, kind);
+  test_fault_embed(r);
+}
+
 /* ---- timings ------------------------------------------------------------ */
 
 static double now_s(void) {
@@ -788,6 +986,7 @@ int main(void) {
   test_matmul(&p, &r);
   test_eltwise(&p, &r);
   test_attention(&p, &r);
+  test_faults(&r);
   if (!t_failed && !getenv("BALLAST_NO_BENCH")) {
     static const int ns_f16[] = {1, 8, 9, 512}, ns_q[] = {1, 2, 8, 16, 32, 33, 64, 512};
     bench_matmul(gpu, &r, BK_WF_F16, ns_f16, 4);

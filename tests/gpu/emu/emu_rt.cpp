@@ -44,7 +44,8 @@ static void fiber_init(unsigned t) {
    * address, sitting 16-aligned so fiber_entry starts with rsp = 8 mod 16 */
   uintptr_t top = ((uintptr_t)g_stacks[t] + STACK) & ~(uintptr_t)15;
   void **f = (void **)(top - 64);
-  for (int i = 0; i < 6; i++) f[i] = nullptr;
+  for (int i = 0; i < 6; i++)
+    f[i] = nullptr;
   f[6] = (void *)fiber_entry;
   f[7] = nullptr;
   g_sp[t] = f;
@@ -73,19 +74,26 @@ static void fiber_entry(void) {
   to_main(); /* never resumed */
   abort();
 }
-void emu_sync_block() { g_state[g_cur] = AT_BLOCK; to_main(); }
-void emu_sync_warp() { g_state[g_cur] = AT_WARP; to_main(); }
+void emu_sync_block() {
+  g_state[g_cur] = AT_BLOCK;
+  to_main();
+}
+void emu_sync_warp() {
+  g_state[g_cur] = AT_WARP;
+  to_main();
+}
 
 void emu_launch(dim3 grid, dim3 block, std::function<void()> fn) {
   unsigned nt = block.x * block.y * block.z;
-  if (block.y != 1 || block.z != 1 || nt == 0 || nt > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
-      grid.y > 65535 || grid.z > 65535) {
+  if (block.y != 1 || block.z != 1 || nt == 0 || nt > 1024 || grid.x == 0 || grid.y == 0 ||
+      grid.z == 0 || grid.y > 65535 || grid.z > 65535) {
     fprintf(stderr, "emu: bad launch config grid %u,%u,%u block %u\n", grid.x, grid.y, grid.z, nt);
     abort();
   }
   g_launches++;
   g_fn = &fn;
-  while (g_stacks.size() < nt) g_stacks.push_back((char *)malloc(STACK));
+  while (g_stacks.size() < nt)
+    g_stacks.push_back((char *)malloc(STACK));
   fiber_resize(nt);
   g_state.resize(nt);
   blockDim = {block.x, 1, 1};
@@ -112,20 +120,31 @@ void emu_launch(dim3 grid, dim3 block, std::function<void()> fn) {
           bool all_done = true, released = false;
           unsigned live = 0, at_block = 0;
           for (unsigned t = 0; t < nt; t++) {
-            if (g_state[t] != DONE) { all_done = false; live++; }
+            if (g_state[t] != DONE) {
+              all_done = false;
+              live++;
+            }
             if (g_state[t] == AT_BLOCK) at_block++;
           }
           if (all_done) break;
           if (at_block && at_block == live) {
-            for (unsigned t = 0; t < nt; t++) if (g_state[t] == AT_BLOCK) g_state[t] = RUN;
+            for (unsigned t = 0; t < nt; t++)
+              if (g_state[t] == AT_BLOCK) g_state[t] = RUN;
             released = true;
           }
           for (unsigned w = 0; w * 32 < nt; w++) {
             unsigned lo = w * 32, hi = lo + 32 < nt ? lo + 32 : nt, waiting = 0, done = 0;
-            for (unsigned t = lo; t < hi; t++) { waiting += g_state[t] == AT_WARP; done += g_state[t] == DONE; }
+            for (unsigned t = lo; t < hi; t++) {
+              waiting += g_state[t] == AT_WARP;
+              done += g_state[t] == DONE;
+            }
             if (waiting && waiting + done == hi - lo) {
-              if (done) { fprintf(stderr, "emu: shuffle in warp %u with %u exited lanes\n", w, done); abort(); }
-              for (unsigned t = lo; t < hi; t++) g_state[t] = RUN;
+              if (done) {
+                fprintf(stderr, "emu: shuffle in warp %u with %u exited lanes\n", w, done);
+                abort();
+              }
+              for (unsigned t = lo; t < hi; t++)
+                g_state[t] = RUN;
               released = true;
             }
           }
@@ -137,13 +156,24 @@ void emu_launch(dim3 grid, dim3 block, std::function<void()> fn) {
       }
 }
 
-cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return 0; }
+cudaError_t cudaGetDeviceCount(int *n) {
+  *n = 1;
+  return 0;
+}
 cudaError_t cudaSetDevice(int) { return 0; }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) {
-  memset(p, 0, sizeof *p); strcpy(p->name, "emulator"); p->major = 9; p->minor = 0;
-  p->multiProcessorCount = 2; p->totalGlobalMem = (size_t)1 << 34; return 0;
+  memset(p, 0, sizeof *p);
+  strcpy(p->name, "emulator");
+  p->major = 9;
+  p->minor = 0;
+  p->multiProcessorCount = 2;
+  p->totalGlobalMem = (size_t)1 << 34;
+  return 0;
 }
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) { *s = (cudaStream_t)1; return 0; }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) {
+  *s = (cudaStream_t)1;
+  return 0;
+}
 cudaError_t cudaStreamDestroy(cudaStream_t) { return 0; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return 0; }
 cudaError_t cudaGetLastError(void) { return 0; }
@@ -155,16 +185,39 @@ cudaError_t cudaMalloc(void **p, size_t b) {
   memset(*p, 0xA5, b);
   return 0;
 }
-cudaError_t cudaFree(void *p) { free(p); return 0; }
-cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t b, cudaMemcpyKind, cudaStream_t) { memmove(d, s, b); return 0; }
-cudaError_t cudaMemcpy2DAsync(void *d, size_t dp, const void *s, size_t sp, size_t w, size_t h, cudaMemcpyKind, cudaStream_t) {
-  if (w > dp || w > sp) return cudaErrorInvalidValue;
-  for (size_t i = 0; i < h; i++) memcpy((char *)d + i * dp, (const char *)s + i * sp, w);
+cudaError_t cudaFree(void *p) {
+  free(p);
   return 0;
 }
-cudaError_t cudaMemsetAsync(void *d, int v, size_t b, cudaStream_t) { memset(d, v, b); return 0; }
+cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t b, cudaMemcpyKind, cudaStream_t) {
+  memmove(d, s, b);
+  return 0;
+}
+cudaError_t cudaMemcpy2DAsync(void *d, size_t dp, const void *s, size_t sp, size_t w, size_t h,
+                              cudaMemcpyKind, cudaStream_t) {
+  if (w > dp || w > sp) return cudaErrorInvalidValue;
+  for (size_t i = 0; i < h; i++)
+    memcpy((char *)d + i * dp, (const char *)s + i * sp, w);
+  return 0;
+}
+cudaError_t cudaMemsetAsync(void *d, int v, size_t b, cudaStream_t) {
+  memset(d, v, b);
+  return 0;
+}
+cudaError_t cudaMemset(void *d, int v, size_t b) {
+  memset(d, v, b);
+  return 0;
+}
+cudaError_t cudaMallocHost(void **p, size_t b) { return cudaMalloc(p, b); }
+cudaError_t cudaFreeHost(void *p) {
+  free(p);
+  return 0;
+}
 
-cublasStatus_t cublasCreate(cublasHandle_t *h) { *h = (cublasHandle_t)1; return 0; }
+cublasStatus_t cublasCreate(cublasHandle_t *h) {
+  *h = (cublasHandle_t)1;
+  return 0;
+}
 cublasStatus_t cublasDestroy(cublasHandle_t) { return 0; }
 cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return 0; }
 const char *cublasGetStatusName(cublasStatus_t) { return "EMU"; }
@@ -172,22 +225,27 @@ const char *cublasGetStatusString(cublasStatus_t) { return "emu"; }
 static float ld(const void *p, cudaDataType t, size_t i) {
   return t == CUDA_R_16F ? bl_half_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
-cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                            const void *alpha, const void *A, cudaDataType at, int lda, const void *B,
-                            cudaDataType bt, int ldb, const void *beta, void *C, cudaDataType ct, int ldc,
-                            cublasComputeType_t, cublasGemmAlgo_t) {
+cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m,
+                            int n, int k, const void *alpha, const void *A, cudaDataType at,
+                            int lda, const void *B, cudaDataType bt, int ldb, const void *beta,
+                            void *C, cudaDataType ct, int ldc, cublasComputeType_t,
+                            cublasGemmAlgo_t) {
   if (ct != CUDA_R_32F) return 7;
   /* column-major: C[i + j*ldc] = alpha * sum_l op(A)[i,l] op(B)[l,j] + beta*C */
-  if ((ta == CUBLAS_OP_N ? lda < m : lda < k) || (tb == CUBLAS_OP_N ? ldb < k : ldb < n) || ldc < m) {
-    fprintf(stderr, "emu: gemm bad ld\n"); return 7;
+  if ((ta == CUBLAS_OP_N ? lda < m : lda < k) || (tb == CUBLAS_OP_N ? ldb < k : ldb < n) ||
+      ldc < m) {
+    fprintf(stderr, "emu: gemm bad ld\n");
+    return 7;
   }
   float al = *(const float *)alpha, be = *(const float *)beta;
   for (int j = 0; j < n; j++)
     for (int i = 0; i < m; i++) {
       double s = 0;
       for (int l = 0; l < k; l++) {
-        float a = ta == CUBLAS_OP_N ? ld(A, at, i + (size_t)l * lda) : ld(A, at, l + (size_t)i * lda);
-        float b = tb == CUBLAS_OP_N ? ld(B, bt, l + (size_t)j * ldb) : ld(B, bt, j + (size_t)l * ldb);
+        float a =
+            ta == CUBLAS_OP_N ? ld(A, at, i + (size_t)l * lda) : ld(A, at, l + (size_t)i * lda);
+        float b =
+            tb == CUBLAS_OP_N ? ld(B, bt, l + (size_t)j * ldb) : ld(B, bt, j + (size_t)l * ldb);
         s += (double)a * b;
       }
       float *c = (float *)C + i + (size_t)j * ldc;

@@ -611,6 +611,9 @@ static int chat_run(gc_client *c, const chat_req *r, double timeout, bool json, 
   } else {
     if (!json) chat_text_out(&o); /* what did arrive */
     fflush(stdout);
+    /* A Final before an error status (the pool saw the deadline first)
+     * still says how the request ended. */
+    if (o.final) chat_summary(o.final->final);
     if (g_interrupted)
       fprintf(stderr, "ballast chat: interrupted, request cancelled\n");
     else if (o.err[0])
@@ -708,6 +711,9 @@ static void stats_pools(const Ballast__V1__GetStatsResponse *s) {
            p->name, p->steps, p->prefill_tokens, p->generated_tokens, p->preemptions, p->loops,
            p->running, p->waiting, kv, b1, b8);
   }
+  for (size_t i = 0; i < s->n_pools; i++)
+    if (!s->pools[i]->healthy)
+      printf("%s: UNHEALTHY after a device error (ballast health says why)\n", s->pools[i]->name);
 }
 
 static void stats_policies(const Ballast__V1__GetStatsResponse *s) {
@@ -775,9 +781,26 @@ int cmd_stats(int argc, char **argv) {
 
 static const char *health_usage =
     "usage: ballast health [flags]\n"
-    "  Asks grpc.health.v1.Health/Check and prints SERVING, NOT_SERVING, ...; exits 0 only\n"
-    "  when SERVING.\n" COMMON_USAGE "  --timeout SECONDS       the call's deadline (default: 10)\n"
+    "  Asks grpc.health.v1.Health/Check and prints SERVING, NOT_SERVING, ...; after\n"
+    "  NOT_SERVING, a line on why each (draining, a pool's device error).\n"
+    "  Exits 0 only when SERVING.\n" COMMON_USAGE
+    "  --timeout SECONDS       the call's deadline (default: 10)\n"
     "  --service NAME          the service to check (default: \"\", the whole server)\n";
+
+/* After NOT_SERVING: why, from ServerInfo (draining, a pool's device
+ * error), a line each; nothing when that call fails too. */
+static void health_why(gc_client *c, const gc_call_opts *opts) {
+  Ballast__V1__ServerInfoRequest req = BALLAST__V1__SERVER_INFO_REQUEST__INIT;
+  gc_status st;
+  ProtobufCMessage *m = unary(c, "/ballast.v1.Ballast/ServerInfo", &req.base,
+                              &ballast__v1__server_info_response__descriptor, opts, &st);
+  if (!m) return;
+  const Ballast__V1__ServerInfoResponse *r = (const Ballast__V1__ServerInfoResponse *)m;
+  if (r->draining) puts("draining");
+  for (size_t i = 0; i < r->n_pools; i++)
+    if (!r->pools[i]->healthy) printf("%s: %s\n", r->pools[i]->name, r->pools[i]->error);
+  protobuf_c_message_free_unpacked(m, NULL);
+}
 
 int cmd_health(int argc, char **argv) {
   cli_flag f[] = {COMMON_FLAGS, {"--service", 1, NULL}};
@@ -798,12 +821,17 @@ int cmd_health(int argc, char **argv) {
   gc_status st;
   ProtobufCMessage *m = unary(c, "/grpc.health.v1.Health/Check", &req.base,
                               &grpc__health__v1__health_check_response__descriptor, &opts, &st);
-  gc_close(c);
-  if (!m) return call_failed("health", &st);
+  if (!m) {
+    gc_close(c);
+    return call_failed("health", &st);
+  }
   int status = ((const Grpc__Health__V1__HealthCheckResponse *)m)->status;
   puts(enum_name(&grpc__health__v1__health_check_response__serving_status__descriptor, status));
   protobuf_c_message_free_unpacked(m, NULL);
-  return status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING ? 0 : 1;
+  bool serving = status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+  if (!serving) health_why(c, &opts);
+  gc_close(c);
+  return serving ? 0 : 1;
 }
 
 /* ---- reload ---- */
@@ -839,23 +867,33 @@ static char *reload_token_file(const char *path) {
   return buf;
 }
 
-/* "Bearer TOKEN" into *header (NULL: no token given). Exit status or 0. */
-static int reload_auth(const cli_flag *f, int nf, char **header) {
+/* "Bearer TOKEN" into *header (NULL: no token given) and where the token
+ * came from into *source. Exit status or 0. */
+static int reload_auth(const cli_flag *f, int nf, char **header, const char **source) {
   const char *token = cli_get(f, nf, "--token"), *file = cli_get(f, nf, "--token-file");
   char *from_file = NULL;
   *header = NULL;
+  *source = token ? "--token" : "--token-file";
   if (token && file) {
     fprintf(stderr, "ballast reload: give --token or --token-file, not both\n");
     return 2;
   }
   if (file && !(token = from_file = reload_token_file(file))) return 1;
-  if (!token) token = getenv("BALLAST_ADMIN_TOKEN");
+  if (!token) {
+    token = getenv("BALLAST_ADMIN_TOKEN");
+    *source = "$BALLAST_ADMIN_TOKEN";
+  }
+  const char *bad = NULL;
   if (token && *token) {
     size_t n = strlen(token) + sizeof "Bearer ";
     if ((*header = malloc(n))) snprintf(*header, n, "Bearer %s", token);
+    if (!*header) bad = "out of memory";
+  } else if (from_file) {
+    bad = "the --token-file is empty";
   }
-  free(from_file);
-  return token && *token && !*header ? 1 : 0;
+  free(from_file); /* token may point into it: not read after this */
+  if (bad) fprintf(stderr, "ballast reload: %s\n", bad);
+  return bad ? 1 : 0;
 }
 
 static void reload_print(const Ballast__V1__ReloadResponse *r) {
@@ -877,7 +915,8 @@ int cmd_reload(int argc, char **argv) {
     return 0;
   }
   char *auth;
-  int rc = reload_auth(f, nf, &auth);
+  const char *source;
+  int rc = reload_auth(f, nf, &auth, &source);
   gc_client *c = NULL;
   double timeout;
   if (rc || (rc = open_client("reload", f, nf, UNARY_TIMEOUT_S, &timeout, &c))) {
@@ -895,9 +934,13 @@ int cmd_reload(int argc, char **argv) {
   free(auth);
   if (!m) {
     call_failed("reload", &st);
+    /* The server says the same for no token and a wrong one; say which. */
     if (st.code == GRPC_STATUS_UNAUTHENTICATED && !had_token)
       fprintf(stderr, "ballast reload: no token given (--token, --token-file or "
                       "$BALLAST_ADMIN_TOKEN)\n");
+    else if (st.code == GRPC_STATUS_UNAUTHENTICATED)
+      fprintf(stderr, "ballast reload: the token from %s is not the server's admin token\n",
+              source);
     return 1;
   }
   if (cli_get(f, nf, "--json")) {

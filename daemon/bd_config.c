@@ -61,8 +61,12 @@
            "Precision of the linear layers; a model stored with more bits is quantized at load."), \
       ENUM("pools." G ".device", P.device, "cpu", "cpu|cuda", F_RESTART, "Backend."),              \
       INTS("pools." G ".devices", P.devices, P.n_devices, 0, 63, 0, F_RESTART,                     \
-           "GPU ids for device cuda, counted within CUDA_VISIBLE_DEVICES; one for now (several, "  \
-           "for tensor parallelism, are refused at start until it is built)."),                    \
+           "GPU ids for device cuda, counted within CUDA_VISIBLE_DEVICES: one per replica, each "  \
+           "once (a replica spanning GPUs, tensor parallelism, is not built yet)."),               \
+      INT("pools." G ".replicas", P.replicas, 1, BD_MAX_DEVICES, 1, F_RESTART,                     \
+          "Data-parallel replicas: copies of the model, each with its own scheduler thread and "   \
+          "KV cache (kv_blocks or kv_budget_mb each) on its own device; a request goes to the "    \
+          "least loaded healthy one. Several on device cpu share its cores (threads each)."),      \
       INT("pools." G ".threads", P.threads, 0, 1024, 0, F_RESTART,                                 \
           "CPU threads; 0: one per core."),                                                        \
       ENUM("pools." G ".kv_format", P.kv_format, "fp16", "fp16|fp8|nvfp4", F_RESTART,              \
@@ -591,8 +595,32 @@ static bl_status parse_policies(const pctx *p, bd_config *c) {
   return BL_OK;
 }
 
+/* A cuda pool names one GPU per replica, each once. */
+static bl_status check_devices(const pctx *p, const bd_pool_cfg *pc, const char *group) {
+  if (!pc->present || strcmp(pc->device, "cuda")) return BL_OK;
+  char key[48];
+  snprintf(key, sizeof key, "pools.%s.devices", group);
+  if (pc->n_devices != pc->replicas)
+    return fail_at(p, near(p, key), key, BL_EINVAL,
+                   "lists %d GPU%s for %d replica%s: give one GPU id per replica (a replica "
+                   "spanning GPUs, tensor parallelism, is not built yet)",
+                   (int)pc->n_devices, pc->n_devices == 1 ? "" : "s", (int)pc->replicas,
+                   pc->replicas == 1 ? "" : "s");
+  for (int32_t i = 0; i < pc->n_devices; i++)
+    for (int32_t j = 0; j < i; j++)
+      if (pc->devices[i] == pc->devices[j])
+        return fail_at(p, near(p, key), key, BL_EINVAL,
+                       "GPU %d is listed twice: replicas on one GPU would share its memory and "
+                       "compute",
+                       (int)pc->devices[i]);
+  return BL_OK;
+}
+
 /* Checks between keys, after every key has its value. */
 static bl_status cross_checks(const pctx *p, const bd_config *c) {
+  bl_status st = check_devices(p, &c->executor, "executor");
+  if (!st) st = check_devices(p, &c->planner, "planner");
+  if (st) return st;
   if (!c->tls_cert != !c->tls_key) {
     const char *key = c->tls_cert ? "server.tls_cert" : "server.tls_key";
     return fail_at(p, near(p, key), key, BL_EINVAL,

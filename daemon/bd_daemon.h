@@ -28,22 +28,37 @@
 
 /* ---- engine: models, pools, router ------------------------------------ */
 
+/* One data-parallel copy of a pool's model: its backend, model and
+ * scheduler (with its thread and KV cache). */
+typedef struct bd_replica {
+  char device[16]; /* "cpu", "cuda:N" */
+  char label[48]; /* how its errors and logs name it: "executor pool", "executor replica 1 (cuda:1)"
+                   */
+  bk_backend *be;
+  model *m;
+  sched_pool *p;
+} bd_replica;
+
 typedef struct bd_pool {
   const char *name; /* "executor", "planner" */
   char precision[8];
   char kv_format[8];
-  char device[16];
   char *model_path;
-  bk_backend *be;
-  model *m;
-  sched_pool *p;
-  int32_t block_size, max_num_seqs;
+  bd_replica rep[BD_MAX_DEVICES];
+  sched_pool *sps[BD_MAX_DEVICES]; /* rep[i].p, as the router takes them */
+  int n_rep;
+  int32_t block_size, max_num_seqs; /* per replica */
 } bd_pool;
+
+/* The pool's stats, its replicas' folded (sched_stats_add: healthy while
+ * one is). Thread-safe. */
+void bd_pool_stats(const bd_pool *p, sched_stats *out);
 
 /* What start-up hands the engine besides the config. */
 typedef struct bd_engine_opts {
-  /* BALLAST_INJECT_FAULT, a test hook: "POOL:OP:N[:KIND]" wraps pool POOL's
-   * backend with bk_fault (kernels/bk_fault.h); NULL or "": none */
+  /* BALLAST_INJECT_FAULT, a test hook: "POOL[.R]:OP:N[:KIND]" wraps the
+   * backend of pool POOL's replica R (default 0) with bk_fault
+   * (kernels/bk_fault.h); NULL or "": none */
   const char *inject_fault;
   /* called once on a pool's thread when that pool turns unhealthy (NULL: none) */
   void (*on_unhealthy)(void *user);

@@ -1,10 +1,12 @@
 /* The engine behind the daemon: the executor (2-bit) and planner (fp16)
- * pools, each a model on its own backend with its scheduler thread, and the
- * router over them. Built once at start-up from the config; what a reload
+ * pools, each one or more data-parallel replicas (a model on its own
+ * backend with its scheduler thread and KV cache), and the router over
+ * them. Built once at start-up from the config; what a reload
  * may change live (policies, templates, limits) goes to the router through
  * sched_router_reconfigure, and the rest waits for a restart. A pool that
  * turns unhealthy after a device error tells the daemon through
  * opts.on_unhealthy; BALLAST_INJECT_FAULT (a test hook) makes one do so. */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,42 +19,48 @@
 #include "kv_format.h"
 #include "tokenizer.h"
 
-static bl_status backend(const char *name, const bd_pool_cfg *pc, bk_backend **out, bl_err *err) {
-  if (!strcmp(pc->device, "cuda") && pc->n_devices > 1) /* not dropped without a word */
-    return bl_fail(err, BL_EUNSUPPORTED,
-                   "pools.%s.devices lists %d GPUs: a replica spanning GPUs (tensor "
-                   "parallelism) is not built yet; give one GPU id",
-                   name, pc->n_devices);
-  if (!strcmp(pc->device, "cuda"))
-    return bk_cuda_create(pc->n_devices ? pc->devices[0] : 0, out, err);
+static bl_status backend(const bd_pool_cfg *pc, int r, bk_backend **out, bl_err *err) {
+  if (!strcmp(pc->device, "cuda")) /* bd_config: one GPU per replica */
+    return bk_cuda_create(pc->devices[r], out, err);
   return bk_cpu_create(pc->threads, out, err);
 }
 
-/* BALLAST_INJECT_FAULT=POOL:SPEC: the pool (0 executor, 1 planner) and the
- * bk_fault spec, checked whole before anything loads; *pool -1: none. */
-static bl_status fault_target(const char *v, bool has_planner, int *pool, const char **spec,
-                              bl_err *err) {
+/* BALLAST_INJECT_FAULT=POOL[.R]:SPEC: the pool (0 executor, 1 planner), its
+ * replica and the bk_fault spec, checked whole before anything loads;
+ * *pool -1: none. */
+static bl_status fault_target(const char *v, const bd_config *c, int *pool, int *rep,
+                              const char **spec, bl_err *err) {
   *pool = -1;
+  *rep = 0;
   *spec = NULL;
   if (!v || !*v) return BL_OK;
+  static const char usage[] = "expected POOL[.R]:OP:N[:KIND], POOL executor or planner, R a "
+                              "replica (default 0), e.g. executor:matmul:200";
   const char *colon = strchr(v, ':');
   size_t n = colon ? (size_t)(colon - v) : strlen(v);
-  if (n == 8 && !strncmp(v, "executor", 8))
+  const char *dot = memchr(v, '.', n);
+  size_t name_n = dot ? (size_t)(dot - v) : n;
+  if (name_n == 8 && !strncmp(v, "executor", 8))
     *pool = 0;
-  else if (n == 7 && !strncmp(v, "planner", 7))
+  else if (name_n == 7 && !strncmp(v, "planner", 7))
     *pool = 1;
   else
-    return bl_fail(err, BL_EINVAL,
-                   "BALLAST_INJECT_FAULT=%s: expected POOL:OP:N[:KIND], POOL executor or planner "
-                   "(e.g. executor:matmul:200)",
-                   v);
-  if (*pool == 1 && !has_planner)
+    return bl_fail(err, BL_EINVAL, "BALLAST_INJECT_FAULT=%s: %s", v, usage);
+  if (*pool == 1 && !c->planner.present)
     return bl_fail(err, BL_EINVAL, "BALLAST_INJECT_FAULT=%s: there is no planner pool", v);
+  const bd_pool_cfg *pc = *pool ? &c->planner : &c->executor;
+  if (dot) {
+    char *end;
+    long r = strtol(dot + 1, &end, 10);
+    if (end != v + n || end == dot + 1 || r < 0 || r >= pc->replicas)
+      return bl_fail(err, BL_EINVAL, "BALLAST_INJECT_FAULT=%s: replica %.*s: the pool has %d", v,
+                     (int)(n - name_n - 1), dot + 1, (int)pc->replicas);
+    *rep = (int)r;
+  }
   bk_fault_spec fs;
   bl_err e = {0};
   if (!colon || bk_fault_parse(colon + 1, &fs, &e))
-    return bl_fail(err, BL_EINVAL, "BALLAST_INJECT_FAULT=%s: %s", v,
-                   colon ? e.msg : "expected POOL:OP:N[:KIND] (e.g. executor:matmul:200)");
+    return bl_fail(err, BL_EINVAL, "BALLAST_INJECT_FAULT=%s: %s", v, colon ? e.msg : usage);
   *spec = colon + 1;
   return BL_OK;
 }
@@ -62,15 +70,68 @@ static void pool_unhealthy(sched_pool *sp, void *user) {
   if (e->opts.on_unhealthy) e->opts.on_unhealthy(e->opts.user);
 }
 
+/* Replica r of pool p: its backend (wrapped with fault when given), model
+ * and scheduler thread. */
+static bl_status replica_open(bd_engine *e, bd_pool *p, int r, const bd_pool_cfg *pc,
+                              model_prec prec, bk_kvfmt fmt, bool executor, const char *fault,
+                              bl_err *err) {
+  bd_replica *x = &p->rep[r];
+  if (!strcmp(pc->device, "cuda"))
+    snprintf(x->device, sizeof x->device, "cuda:%d", pc->devices[r]);
+  else
+    snprintf(x->device, sizeof x->device, "cpu");
+  if (pc->replicas > 1)
+    snprintf(x->label, sizeof x->label, "%s replica %d (%s)", p->name, r, x->device);
+  else
+    snprintf(x->label, sizeof x->label, "%s pool", p->name);
+  bl_status st = backend(pc, r, &x->be, err);
+  if (st) return st;
+  if (fault) {
+    bk_backend *w;
+    if ((st = bk_fault_wrap(x->be, fault, &w, err))) return st;
+    x->be = w;
+    bl_log(BL_LOG_WARN,
+           "%s: BALLAST_INJECT_FAULT: injecting faults into its backend (%s): a test hook, never "
+           "for serving",
+           x->label, fault);
+  }
+  model_load_opts o = {.precision = prec, .tokenizer_path = pc->tokenizer};
+  bl_log(BL_LOG_INFO, "%s: loading %s as %s on %s", x->label, pc->model, pc->precision, x->device);
+  if ((st = model_load(pc->model, &o, x->be, &x->m, err))) return st;
+  const model_config *mc = &x->m->cfg;
+  int32_t blocks = pc->kv_blocks;
+  if (!blocks) {
+    uint64_t per = kv_block_bytes(fmt, BK_KVS_HEAD, mc->n_layers, mc->n_kv_heads, mc->head_dim,
+                                  pc->block_size);
+    blocks = (int32_t)(((uint64_t)pc->kv_budget_mb << 20) / (per ? per : 1));
+    if (blocks < 1)
+      return bl_fail(err, BL_ERANGE, "pools.%s.kv_budget_mb %d: less than one %d-token block",
+                     p->name, pc->kv_budget_mb, pc->block_size);
+  }
+  sched_pool_cfg c = {.name = p->name,
+                      .label = x->label,
+                      .m = x->m,
+                      .kv_fmt = fmt,
+                      .block_size = pc->block_size,
+                      .n_blocks = blocks,
+                      .max_num_seqs = pc->max_num_seqs,
+                      .max_batched_tokens = pc->max_batched_tokens,
+                      .prefix_cache = pc->prefix_cache,
+                      .loop = executor ? SCHED_LOOP_OBSERVE : SCHED_LOOP_OFF,
+                      .on_unhealthy = pool_unhealthy,
+                      .health_user = e};
+  if ((st = sched_pool_create(&c, &x->p, err))) return st;
+  p->sps[r] = x->p;
+  bl_log(BL_LOG_INFO, "%s: %d KV blocks of %d tokens (%s)", x->label, blocks, pc->block_size,
+         pc->kv_format);
+  return sched_pool_start(x->p, err);
+}
+
 static bl_status pool_open(bd_engine *e, bd_pool *p, const char *name, const bd_pool_cfg *pc,
-                           bool executor, const char *fault, bl_err *err) {
+                           bool executor, int fault_rep, const char *fault, bl_err *err) {
   p->name = name;
   snprintf(p->precision, sizeof p->precision, "%s", pc->precision);
   snprintf(p->kv_format, sizeof p->kv_format, "%s", pc->kv_format);
-  if (!strcmp(pc->device, "cuda"))
-    snprintf(p->device, sizeof p->device, "cuda:%d", pc->n_devices ? pc->devices[0] : 0);
-  else
-    snprintf(p->device, sizeof p->device, "cpu");
   p->block_size = pc->block_size;
   p->max_num_seqs = pc->max_num_seqs;
   p->model_path = strdup(pc->model);
@@ -82,50 +143,29 @@ static bl_status pool_open(bd_engine *e, bd_pool *p, const char *name, const bd_
                    pc->precision);
   if (kv_fmt_parse(pc->kv_format, &fmt))
     return bl_fail(err, BL_EINVAL, "pools.%s.kv_format %s: unknown", name, pc->kv_format);
-  bl_status st = backend(name, pc, &p->be, err);
-  if (st) return st;
-  if (fault) {
-    bk_backend *w;
-    if ((st = bk_fault_wrap(p->be, fault, &w, err))) return st;
-    p->be = w;
-    bl_log(BL_LOG_WARN,
-           "%s: BALLAST_INJECT_FAULT: injecting faults into this pool's backend (%s): a test "
-           "hook, never for serving",
-           name, fault);
+  bl_status st = BL_OK;
+  for (int r = 0; !st && r < pc->replicas; r++) {
+    p->n_rep = r + 1;
+    st = replica_open(e, p, r, pc, prec, fmt, executor, r == fault_rep ? fault : NULL, err);
   }
-  model_load_opts o = {.precision = prec, .tokenizer_path = pc->tokenizer};
-  bl_log(BL_LOG_INFO, "%s: loading %s as %s on %s", name, pc->model, pc->precision, p->device);
-  if ((st = model_load(pc->model, &o, p->be, &p->m, err))) return st;
-  const model_config *mc = &p->m->cfg;
-  int32_t blocks = pc->kv_blocks;
-  if (!blocks) {
-    uint64_t per = kv_block_bytes(fmt, BK_KVS_HEAD, mc->n_layers, mc->n_kv_heads, mc->head_dim,
-                                  pc->block_size);
-    blocks = (int32_t)(((uint64_t)pc->kv_budget_mb << 20) / (per ? per : 1));
-    if (blocks < 1)
-      return bl_fail(err, BL_ERANGE, "pools.%s.kv_budget_mb %d: less than one %d-token block", name,
-                     pc->kv_budget_mb, pc->block_size);
+  return st;
+}
+
+void bd_pool_stats(const bd_pool *p, sched_stats *out) {
+  memset(out, 0, sizeof *out);
+  sched_stats one;
+  for (int r = 0; r < p->n_rep; r++) {
+    sched_pool_stats(p->rep[r].p, &one);
+    sched_stats_add(out, &one);
   }
-  sched_pool_cfg c = {.name = name,
-                      .m = p->m,
-                      .kv_fmt = fmt,
-                      .block_size = pc->block_size,
-                      .n_blocks = blocks,
-                      .max_num_seqs = pc->max_num_seqs,
-                      .max_batched_tokens = pc->max_batched_tokens,
-                      .prefix_cache = pc->prefix_cache,
-                      .loop = executor ? SCHED_LOOP_OBSERVE : SCHED_LOOP_OFF,
-                      .on_unhealthy = pool_unhealthy,
-                      .health_user = e};
-  if ((st = sched_pool_create(&c, &p->p, err))) return st;
-  bl_log(BL_LOG_INFO, "%s: %d KV blocks of %d tokens (%s)", name, blocks, pc->block_size,
-         pc->kv_format);
-  return sched_pool_start(p->p, err);
 }
 
 sched_router_cfg bd_engine_router_cfg(const bd_engine *e, const bd_config *c) {
-  return (sched_router_cfg){.executor = e->pools[0].p,
-                            .planner = e->n_pools > 1 ? e->pools[1].p : NULL,
+  static_assert(BD_MAX_DEVICES <= SCHED_MAX_REPLICAS, "a replica per device");
+  return (sched_router_cfg){.executors = e->pools[0].sps,
+                            .n_executors = e->pools[0].n_rep,
+                            .planners = e->n_pools > 1 ? e->pools[1].sps : NULL,
+                            .n_planners = e->n_pools > 1 ? e->pools[1].n_rep : 0,
                             .chat = e->chat,
                             .plan_prompt = c->plan_prompt,
                             .plan_insert = c->plan_insert,
@@ -139,20 +179,20 @@ bl_status bd_engine_open(bd_engine *e, const bd_config *c, const bd_engine_opts 
                          bl_err *err) {
   memset(e, 0, sizeof *e);
   if (opts) e->opts = *opts;
-  int fault_pool;
+  int fault_pool, fault_rep;
   const char *fault;
-  bl_status st = fault_target(e->opts.inject_fault, c->planner.present, &fault_pool, &fault, err);
+  bl_status st = fault_target(e->opts.inject_fault, c, &fault_pool, &fault_rep, &fault, err);
   if (st) return st;
-  st = pool_open(e, &e->pools[0], "executor", &c->executor, true, fault_pool == 0 ? fault : NULL,
-                 err);
+  st = pool_open(e, &e->pools[0], "executor", &c->executor, true, fault_pool == 0 ? fault_rep : -1,
+                 fault, err);
   e->n_pools = 1;
   if (!st && c->planner.present) {
     e->n_pools = 2;
-    st = pool_open(e, &e->pools[1], "planner", &c->planner, false, fault_pool == 1 ? fault : NULL,
-                   err);
+    st = pool_open(e, &e->pools[1], "planner", &c->planner, false, fault_pool == 1 ? fault_rep : -1,
+                   fault, err);
   }
   if (st) return st;
-  const model *m = e->pools[0].m;
+  const model *m = e->pools[0].rep[0].m;
   if (!m->tok)
     return bl_fail(err, BL_EINVAL,
                    "%s: the model carries no tokenizer; set pools.executor.tokenizer",
@@ -185,13 +225,16 @@ bl_status bd_engine_open(bd_engine *e, const bd_config *c, const bd_engine_opts 
 
 void bd_engine_close(bd_engine *e) {
   for (int i = 0; i < 2; i++)
-    if (e->pools[i].p) sched_pool_stop(e->pools[i].p);
+    for (int r = 0; r < e->pools[i].n_rep; r++)
+      if (e->pools[i].rep[r].p) sched_pool_stop(e->pools[i].rep[r].p);
   sched_router_destroy(e->router);
   for (int i = 0; i < 2; i++) {
     bd_pool *p = &e->pools[i];
-    sched_pool_destroy(p->p);
-    model_free(p->m);
-    if (p->be) bk_destroy(p->be);
+    for (int r = 0; r < p->n_rep; r++) {
+      sched_pool_destroy(p->rep[r].p);
+      model_free(p->rep[r].m);
+      if (p->rep[r].be) bk_destroy(p->rep[r].be);
+    }
     free(p->model_path);
   }
   memset(e, 0, sizeof *e);

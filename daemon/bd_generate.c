@@ -593,7 +593,7 @@ static bl_status convert(const bd_engine *e, const Ballast__V1__GenerateRequest 
     st = stop_set_add_str(&c->stop, m->stop[i], n, err);
   }
   q->ignore_eos = m->ignore_eos;
-  const model *mm = e->pools[0].m;
+  const model *mm = e->pools[0].rep[0].m;
   for (int32_t i = 0; !st && !q->ignore_eos && i < mm->cfg.n_eos; i++)
     st = stop_set_add_eos(&c->stop, mm->cfg.eos_ids[i], err);
   q->stop = &c->stop;

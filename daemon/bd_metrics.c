@@ -374,7 +374,7 @@ static void emit_regime(rctx *c, const family *f) {
 
 /* ---- the table -------------------------------------------------------------
  * X(id, scope, name, type, labels, help, how): how is V(expression) for the
- * ONE / POOL / AGG / AUTO scopes, evaluated with c (rctx), s (the pool's
+ * ONE / POOL / AGG / AUTO scopes, evaluated with c (rctx), pv and s (the pool view and its
  * sched_stats), a (the sched_agg) or k (the auto_row) in scope, or
  * F(emitter) for CUSTOM rows. Help text must not hold '|' (a docs cell). */
 #define BD_FAMILIES(X)                                                                             \
@@ -416,9 +416,14 @@ static void emit_regime(rctx *c, const family *f) {
   X(UPTIME, ONE, "ballast_uptime_seconds", GAUGE, "", "Seconds since the daemon started",          \
     V(c->sv.uptime_s))                                                                             \
   X(POOL_HEALTHY, POOL, "ballast_pool_healthy", GAUGE, "pool",                                     \
-    "1 while the pool is healthy; 0 for good after a device error (its requests fail, new ones "   \
-    "are refused)",                                                                                \
+    "1 while one of the pool's replicas is healthy; 0 once device errors made all unhealthy "      \
+    "(requests that need the pool are refused)",                                                   \
     V(s->healthy))                                                                                 \
+  X(POOL_REPLICAS, POOL, "ballast_pool_replicas", GAUGE, "pool",                                   \
+    "Data-parallel replicas of the pool (pools.NAME.replicas)", V(pv->replicas))                   \
+  X(POOL_REPLICAS_OK, POOL, "ballast_pool_replicas_healthy", GAUGE, "pool",                        \
+    "Replicas of the pool not failed by a device error (each is unhealthy for good after one)",    \
+    V(pv->replicas_healthy))                                                                       \
   X(POOL_RUNNING, POOL, "ballast_pool_running", GAUGE, "pool", "Sequences running in the pool",    \
     V(s->running))                                                                                 \
   X(POOL_WAITING, POOL, "ballast_pool_waiting", GAUGE, "pool",                                     \
@@ -513,8 +518,9 @@ static const family families[N_FAMILIES] = {
 };
 
 /* The value of a V(...) row; the pointers its scope does not use are NULL. */
-static double family_value(int id, const rctx *c, const sched_stats *s, const sched_agg *a,
+static double family_value(int id, const rctx *c, const bd_pool_view *pv, const sched_agg *a,
                            const auto_row *k) {
+  const sched_stats *s = pv ? &pv->stats : NULL;
   switch (id) {
 #define V(e)  return (double)(e);
 #define F(fn) break;
@@ -590,7 +596,7 @@ static void render_family(rctx *c, const family *f) {
   case POOL:
     for (int i = 0; i < c->n_pools; i++) {
       const char *kv[] = {"pool", c->pools[i].name};
-      double v = family_value(f->id, c, &c->pools[i].stats, NULL, NULL);
+      double v = family_value(f->id, c, &c->pools[i], NULL, NULL);
       put_sample(c->out, f->name, "", kv, 1, v);
     }
     break;

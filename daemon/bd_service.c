@@ -93,18 +93,35 @@ static void server_info(bd_grpc *g, bd_incoming *in) {
   bd_daemon *d = g->d;
   const bd_engine *e = &d->engine;
   Ballast__V1__PoolInfo pi[2], *pp[2];
-  char errors[2][SCHED_ERROR_MAX];
+  Ballast__V1__ReplicaInfo ri[2][BD_MAX_DEVICES], *rp[2][BD_MAX_DEVICES];
+  char errors[2][BD_MAX_DEVICES + 1][SCHED_ERROR_MAX]; /* [pool][0: the pool's, 1 + replica] */
   for (int i = 0; i < e->n_pools; i++) {
     const bd_pool *p = &e->pools[i];
-    sched_stats st;
-    sched_pool_stats(p->p, &st);
-    memcpy(errors[i], st.error, sizeof errors[i]);
+    sched_stats st, one;
+    memset(&st, 0, sizeof st);
+    for (int r = 0; r < p->n_rep; r++) {
+      sched_pool_stats(p->rep[r].p, &one);
+      sched_stats_add(&st, &one);
+      memcpy(errors[i][r + 1], one.error, sizeof one.error);
+      ballast__v1__replica_info__init(&ri[i][r]);
+      ri[i][r].device = (char *)p->rep[r].device;
+      ri[i][r].healthy = one.healthy;
+      ri[i][r].error = one.healthy ? (char *)"" : errors[i][r + 1];
+      ri[i][r].running = one.running;
+      ri[i][r].waiting = one.waiting;
+      ri[i][r].kv_blocks_total = one.total_blocks;
+      ri[i][r].kv_blocks_free = one.free_blocks;
+      rp[i][r] = &ri[i][r];
+    }
+    memcpy(errors[i][0], st.error, sizeof st.error);
     ballast__v1__pool_info__init(&pi[i]);
     pi[i].name = (char *)p->name;
     pi[i].model = p->model_path;
     pi[i].precision = (char *)p->precision;
     pi[i].kv_format = (char *)p->kv_format;
-    pi[i].device = (char *)p->device;
+    pi[i].device = (char *)p->rep[0].device;
+    pi[i].n_replicas = (size_t)p->n_rep;
+    pi[i].replicas = rp[i];
     pi[i].kv_blocks_total = st.total_blocks;
     pi[i].kv_blocks_free = st.free_blocks;
     pi[i].block_size = p->block_size;
@@ -112,7 +129,7 @@ static void server_info(bd_grpc *g, bd_incoming *in) {
     pi[i].running = st.running;
     pi[i].waiting = st.waiting;
     pi[i].healthy = st.healthy;
-    pi[i].error = st.healthy ? (char *)"" : errors[i];
+    pi[i].error = st.healthy ? (char *)"" : errors[i][0];
     pp[i] = &pi[i];
   }
   Ballast__V1__Limits lim = BALLAST__V1__LIMITS__INIT;
@@ -172,7 +189,7 @@ static void get_stats(bd_grpc *g, bd_incoming *in) {
   Ballast__V1__PoolStats ps[2], *pp[2];
   for (int i = 0; i < e->n_pools; i++) {
     sched_stats st;
-    sched_pool_stats(e->pools[i].p, &st);
+    bd_pool_stats(&e->pools[i], &st);
     ballast__v1__pool_stats__init(&ps[i]);
     ps[i].name = (char *)e->pools[i].name;
     ps[i].steps = st.steps;

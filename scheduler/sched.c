@@ -49,6 +49,11 @@ bl_status sched_pool_create(const sched_pool_cfg *cfg, sched_pool **out, bl_err 
   if (!p) return bl_fail(err, BL_ENOMEM, "sched: out of memory");
   snprintf(p->name, sizeof p->name, "%s", c.name ? c.name : "pool");
   c.name = p->name;
+  if (c.label)
+    snprintf(p->label, sizeof p->label, "%s", c.label);
+  else
+    snprintf(p->label, sizeof p->label, "%s pool", p->name);
+  c.label = p->label;
   p->cfg = c;
   p->m = c.m;
   p->vocab = c.m->cfg.vocab;
@@ -454,6 +459,41 @@ double sched_tps_at(const sched_stats *s, int32_t batch, bool live) {
   return live ? t->ewma : (double)t->steps * batch / t->sum_s;
 }
 
+void sched_stats_add(sched_stats *sum, const sched_stats *s) {
+  sum->steps += s->steps;
+  sum->forward_tokens += s->forward_tokens;
+  sum->decode_tokens += s->decode_tokens;
+  sum->prefill_tokens += s->prefill_tokens;
+  sum->generated_tokens += s->generated_tokens;
+  sum->prefix_hit_tokens += s->prefix_hit_tokens;
+  sum->preemptions += s->preemptions;
+  sum->finished += s->finished;
+  sum->running += s->running;
+  sum->waiting += s->waiting;
+  sum->free_blocks += s->free_blocks;
+  sum->total_blocks += s->total_blocks;
+  sum->forward_s += s->forward_s;
+  sum->schedule_s += s->schedule_s;
+  if (s->max_wait_steps > sum->max_wait_steps) sum->max_wait_steps = s->max_wait_steps;
+  sum->loops += s->loops;
+  for (int b = 0; b <= SCHED_TPS_MAX_BATCH; b++) {
+    sched_tps *t = &sum->decode_tps[b];
+    const sched_tps *u = &s->decode_tps[b];
+    if (!u->steps) continue;
+    t->ewma =
+        (t->ewma * (double)t->steps + u->ewma * (double)u->steps) / (double)(t->steps + u->steps);
+    t->steps += u->steps;
+    t->sum_s += u->sum_s;
+  }
+  if (s->healthy) {
+    sum->healthy = true;
+    sum->error[0] = 0;
+  } else if (!sum->healthy && !sum->error[0]) { /* the first unhealthy one */
+    memcpy(sum->error, s->error, sizeof sum->error);
+    if (!sum->error[0]) snprintf(sum->error, sizeof sum->error, "unhealthy");
+  }
+}
+
 /* Copy the stepping thread's counters where other threads read them. */
 static void publish(sched_pool *p) {
   p->acc.running = p->n_running;
@@ -480,8 +520,8 @@ bool sched_pool_healthy(sched_pool *p, char *why, size_t n) {
 static void mark_unhealthy(sched_pool *p, const char *cause) {
   pthread_mutex_lock(&p->lock);
   p->acc.healthy = p->stats.healthy = false;
-  snprintf(p->acc.error, sizeof p->acc.error, "%s pool is unhealthy after a device error: %s",
-           p->name, cause);
+  snprintf(p->acc.error, sizeof p->acc.error, "%s is unhealthy after a device error: %s", p->label,
+           cause);
   memcpy(p->stats.error, p->acc.error, sizeof p->stats.error);
   pthread_mutex_unlock(&p->lock);
   bl_log(BL_LOG_ERROR, "sched %s: %s; failing the requests it holds (%d), refusing new ones",

@@ -70,17 +70,43 @@ static bl_status rconf_build(const sched_router_cfg *cfg, rconf **out, bl_err *e
   return BL_OK;
 }
 
+/* A role's replicas from cfg: the array when given, else the lone pool. */
+static bl_status role_of(rrole *ro, const char *what, sched_pool *one, sched_pool *const *many,
+                         int32_t n, bl_err *err) {
+  if (n < 0 || n > SCHED_MAX_REPLICAS)
+    return bl_fail(err, BL_EINVAL, "router: %d %s replicas: expected 0..%d", n, what,
+                   SCHED_MAX_REPLICAS);
+  ro->n = 0;
+  if (n == 0 && one) ro->p[ro->n++] = one;
+  for (int32_t i = 0; i < n; i++) {
+    if (!many[i]) return bl_fail(err, BL_EINVAL, "router: %s replica %d is NULL", what, i);
+    ro->p[ro->n++] = many[i];
+  }
+  for (int32_t i = 1; i < ro->n; i++) {
+    const model *a = sched_pool_model(ro->p[0]), *b = sched_pool_model(ro->p[i]);
+    if (a->cfg.vocab != b->cfg.vocab || a->prec != b->prec)
+      return bl_fail(err, BL_EINVAL, "router: %s replica %d holds another model than replica 0",
+                     what, i);
+  }
+  return BL_OK;
+}
+
 bl_status sched_router_create(const sched_router_cfg *cfg, sched_router **out, bl_err *err) {
   *out = NULL;
-  if (!cfg->executor) return bl_fail(err, BL_EINVAL, "router: an executor pool is required");
-  const model *em = sched_pool_model(cfg->executor);
+  rrole role[2];
+  memset(role, 0, sizeof role);
+  bl_status st0 =
+      role_of(&role[0], "executor", cfg->executor, cfg->executors, cfg->n_executors, err);
+  if (!st0) st0 = role_of(&role[1], "planner", cfg->planner, cfg->planners, cfg->n_planners, err);
+  if (st0) return st0;
+  if (!role[0].n) return bl_fail(err, BL_EINVAL, "router: an executor pool is required");
+  const model *em = sched_pool_model(role[0].p[0]);
   if (!em->tok) return bl_fail(err, BL_EINVAL, "router: the executor's model has no tokenizer");
-  if (cfg->planner && sched_pool_model(cfg->planner)->cfg.vocab != em->cfg.vocab)
+  if (role[1].n && sched_pool_model(role[1].p[0])->cfg.vocab != em->cfg.vocab)
     return bl_fail(err, BL_EINVAL, "router: executor and planner have different vocabularies");
   sched_router *r = calloc(1, sizeof *r);
   if (!r) return bl_fail(err, BL_ENOMEM, "router: out of memory");
-  r->executor = cfg->executor;
-  r->planner = cfg->planner;
+  memcpy(r->role, role, sizeof role);
   r->tok = em->tok;
   r->chat = cfg->chat;
   r->next_iid = 1;
@@ -120,6 +146,14 @@ void sched_router_destroy(sched_router *r) {
 
 sched_auto *sched_router_auto(sched_router *r) { return &r->autor; }
 
+int32_t sched_router_load(sched_router *r, int which, int32_t i) {
+  const rrole *ro = &r->role[which ? 1 : 0];
+  pthread_mutex_lock(&r->lock);
+  int32_t n = i >= 0 && i < ro->n ? ro->load[i] : 0;
+  pthread_mutex_unlock(&r->lock);
+  return n;
+}
+
 bl_status router_policy(const rconf *c, const char *name, const sched_policy_override *o,
                         sched_policy *out, bl_err *err) {
   if (!name) name = c->default_policy;
@@ -135,10 +169,13 @@ bl_status router_policy(const rconf *c, const char *name, const sched_policy_ove
 /* ---- throughput ------------------------------------------------------- */
 
 double sched_router_tps(sched_router *r, int which, int32_t batch) {
-  sched_pool *p = which ? r->planner : r->executor;
-  if (!p) return 0;
-  sched_stats s;
-  sched_pool_stats(p, &s);
+  const rrole *ro = &r->role[which ? 1 : 0];
+  if (!ro->n) return 0;
+  sched_stats s = {0}, one;
+  for (int32_t i = 0; i < ro->n; i++) {
+    sched_pool_stats(ro->p[i], &one);
+    sched_stats_add(&s, &one);
+  }
   if (batch >= 1 && batch <= SCHED_TPS_MAX_BATCH &&
       s.decode_tps[batch].steps >= SCHED_ACCT_MIN_STEPS)
     return sched_tps_at(&s, batch, true);
@@ -222,7 +259,7 @@ static bl_status calibrate_one(sched_pool *p, int32_t batch, int32_t n_tokens, d
 bl_status sched_router_calibrate(sched_router *r, int32_t n_tokens, bl_err *err) {
   static const int32_t batches[2] = {1, 8};
   for (int which = 0; which < 2; which++) {
-    sched_pool *p = which ? r->planner : r->executor;
+    sched_pool *p = r->role[which].n ? r->role[which].p[0] : NULL;
     for (int b = 0; p && b < 2; b++) {
       double tps = 0;
       bl_status st = calibrate_one(p, batches[b], n_tokens, &tps, err);

@@ -57,6 +57,7 @@ typedef struct inbox_item {
 
 struct sched_pool {
   char name[64];
+  char label[80]; /* cfg.label, or "NAME pool" */
   model *m;
   sched_pool_cfg cfg;
   kv_pool kv;

@@ -174,10 +174,31 @@ static rq *take_live(sched_router *r, const rq *q) {
   return NULL;
 }
 
-/* Submit one phase of q to pool (the lock is not held). */
-static bl_status submit_phase(sched_router *r, rq *q, rphase ph, sched_pool *pool,
-                              const int32_t *prompt, int32_t n_prompt, int32_t n_generated,
-                              int32_t max_tokens, bl_err *err) {
+/* The replica of role `which` a new phase goes to (lock held): the healthy
+ * one with the least load, ties to the lowest index; -1 when none is
+ * healthy, with the first replica's error in why. */
+static int32_t pick_replica(const sched_router *r, int which, char *why, size_t n) {
+  const rrole *ro = &r->role[which];
+  int32_t best = -1;
+  for (int32_t i = 0; i < ro->n; i++) {
+    if (!sched_pool_healthy(ro->p[i], best < 0 && i == 0 ? why : NULL, n)) continue;
+    if (best < 0 || ro->load[i] < ro->load[best]) best = i;
+  }
+  return best;
+}
+
+/* The phase on q's replica ended (or never started): it no longer counts. */
+static void phase_left(sched_router *r, rq *q) {
+  pthread_mutex_lock(&r->lock);
+  r->role[q->role].load[q->replica]--;
+  pthread_mutex_unlock(&r->lock);
+}
+
+/* Submit one phase of q to a replica of role `which` (0 executor, 1
+ * planner; the lock is not held). */
+static bl_status submit_phase(sched_router *r, rq *q, rphase ph, int which, const int32_t *prompt,
+                              int32_t n_prompt, int32_t n_generated, int32_t max_tokens,
+                              bl_err *err) {
   bool plan = ph == PH_PLAN;
   sched_req sr = {.prompt = prompt,
                   .n_prompt = n_prompt,
@@ -196,17 +217,28 @@ static bl_status submit_phase(sched_router *r, rq *q, rphase ph, sched_pool *poo
                   .labels = q->labels,
                   .on_event = router_on_event,
                   .user = q};
+  char why[SCHED_ERROR_MAX] = "";
   pthread_mutex_lock(&r->lock);
+  int32_t at = pick_replica(r, which, why, sizeof why);
+  if (at < 0 || q->cancelled) {
+    pthread_mutex_unlock(&r->lock);
+    return at < 0 ? bl_fail(err, BL_EDEVICE, "%s", why) : bl_fail(err, BL_ECANCELED, "cancelled");
+  }
+  sched_pool *pool = r->role[which].p[at];
+  r->role[which].load[at]++;
   sr.id = r->next_iid++;
   q->phase = ph;
   q->pool = pool;
+  q->role = which;
+  q->replica = at;
   q->iid = sr.id;
   q->phase_t0 = sched_now();
-  bool cancelled = q->cancelled;
   pthread_mutex_unlock(&r->lock);
-  if (cancelled) return bl_fail(err, BL_ECANCELED, "cancelled");
   bl_status st = sched_submit(pool, &sr, err);
-  if (st) return st;
+  if (st) { /* no event will come */
+    phase_left(r, q);
+    return st;
+  }
   /* A cancel that raced with the submit may have reached the pool first and
    * been dropped; q may already be finished and freed, so it is only
    * touched while still live. */
@@ -220,11 +252,12 @@ static bl_status submit_phase(sched_router *r, rq *q, rphase ph, sched_pool *poo
  * (BL_EDEVICE) rather than fail it later. One that turns unhealthy while
  * the request runs refuses the next phase's submit, which ends it ERROR. */
 static bl_status check_health(sched_router *r, bool executor, bool planner, bl_err *err) {
-  char why[SCHED_ERROR_MAX];
-  if ((executor && !sched_pool_healthy(r->executor, why, sizeof why)) ||
-      (planner && r->planner && !sched_pool_healthy(r->planner, why, sizeof why)))
-    return bl_fail(err, BL_EDEVICE, "%s", why);
-  return BL_OK;
+  char why[SCHED_ERROR_MAX] = "";
+  pthread_mutex_lock(&r->lock);
+  bool ok = (!executor || pick_replica(r, 0, why, sizeof why) >= 0) &&
+            (!planner || !r->role[1].n || pick_replica(r, 1, why, sizeof why) >= 0);
+  pthread_mutex_unlock(&r->lock);
+  return ok ? BL_OK : bl_fail(err, BL_EDEVICE, "%s", why);
 }
 
 static void emit(rq *q, sched_revent ev) {
@@ -295,7 +328,7 @@ bl_status sched_router_submit(sched_router *r, const sched_rreq *in, bl_err *err
     return bl_fail(err, BL_ENOMEM, "out of memory for a request");
   }
   bool needs_planner = pol.plan || pol.route == SCHED_ROUTE_FP16;
-  if (needs_planner && !r->planner)
+  if (needs_planner && !r->role[1].n)
     st = bl_fail(err, BL_EUNSUPPORTED, "policy %s needs the fp16 planner pool, and there is none",
                  pol.name);
   else if (pol.plan && !in->messages)
@@ -348,12 +381,11 @@ bl_status sched_router_submit(sched_router *r, const sched_rreq *in, bl_err *err
     return bl_fail(err, BL_ENOMEM, "out of memory for a request");
   }
   if (pol.plan)
-    st = submit_phase(r, q, PH_PLAN, r->planner, q->plan_ids, q->n_plan_ids, 0, pol.plan_max_tokens,
-                      err);
+    st = submit_phase(r, q, PH_PLAN, 1, q->plan_ids, q->n_plan_ids, 0, pol.plan_max_tokens, err);
   else if (pol.route == SCHED_ROUTE_FP16)
-    st = submit_phase(r, q, PH_FP16, r->planner, q->orig, q->n_orig, 0, q->max_tokens, err);
+    st = submit_phase(r, q, PH_FP16, 1, q->orig, q->n_orig, 0, q->max_tokens, err);
   else
-    st = submit_phase(r, q, PH_EXEC, r->executor, q->orig, q->n_orig, 0, q->max_tokens, err);
+    st = submit_phase(r, q, PH_EXEC, 0, q->orig, q->n_orig, 0, q->max_tokens, err);
   if (st) {
     pthread_mutex_lock(&r->lock);
     take_live(r, q);
@@ -413,8 +445,7 @@ static void plan_done(sched_router *r, rq *q, const sched_event *ev) {
   bl_status st = content ? render(r, q, content, q->think, &q->exec, &q->n_exec, &err)
                          : bl_fail(&err, BL_ENOMEM, "out of memory inserting the plan");
   free(content);
-  if (!st)
-    st = submit_phase(r, q, PH_EXEC, r->executor, q->exec, q->n_exec, 0, q->max_tokens, &err);
+  if (!st) st = submit_phase(r, q, PH_EXEC, 0, q->exec, q->n_exec, 0, q->max_tokens, &err);
   if (st) phase_failed(r, q, &err);
 }
 
@@ -470,7 +501,7 @@ static void rescue(sched_router *r, rq *q, const sched_event *ev) {
     finish(r, q, ok ? SCHED_R_LOOP_COMMIT : SCHED_R_ERROR, ok ? NULL : "out of memory committing");
     return;
   }
-  if (q->phase != PH_EXEC || !r->planner) {
+  if (q->phase != PH_EXEC || !r->role[1].n) {
     take_answer(q, ev, NULL, 0);
     finish(r, q, SCHED_R_LOOP, NULL);
     return;
@@ -498,10 +529,10 @@ static void rescue(sched_router *r, rq *q, const sched_event *ev) {
     st = q->exec ? BL_OK : bl_fail(&err, BL_ENOMEM, "out of memory for the fallback");
     if (!st) {
       memcpy(q->exec, ev->tokens, (size_t)n * sizeof *q->exec);
-      st = submit_phase(r, q, PH_FALLBACK, r->planner, q->exec, n, cut, q->max_tokens, &err);
+      st = submit_phase(r, q, PH_FALLBACK, 1, q->exec, n, cut, q->max_tokens, &err);
     }
   } else {
-    st = submit_phase(r, q, PH_FALLBACK, r->planner, q->orig, q->n_orig, 0, q->max_tokens, &err);
+    st = submit_phase(r, q, PH_FALLBACK, 1, q->orig, q->n_orig, 0, q->max_tokens, &err);
   }
   if (st) phase_failed(r, q, &err);
 }
@@ -534,7 +565,7 @@ static void run_done(sched_router *r, rq *q, const sched_event *ev) {
       ev->finish != SCHED_FIN_ERROR) {
     bool looped = ev->loop_fire_at >= 0;
     bool will_fall_back =
-        ev->finish == SCHED_FIN_LOOP && r->planner &&
+        ev->finish == SCHED_FIN_LOOP && r->role[1].n &&
         !(ev->answer && sched_answer_before(ev->answer, ev->loop_onset, NULL, NULL));
     sched_outcome o = {.loop = looped,
                        .fallback = will_fall_back,
@@ -577,6 +608,7 @@ void router_on_event(const sched_event *ev, void *user) {
                            .text_len = ev->text_len});
     return;
   }
+  phase_left(r, q);
   if (q->phase == PH_PLAN)
     plan_done(r, q, ev);
   else

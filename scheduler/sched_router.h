@@ -34,10 +34,23 @@ typedef struct sched_router sched_router;
   "\n\nProblem:\n{question}"
 #define SCHED_DEFAULT_PLAN_INSERT "{question}\n\nFollow this plan:\n{plan}"
 
+/* Data-parallel replicas: a role (executor, planner) may be served by up to
+ * SCHED_MAX_REPLICAS pools of the same model, each on its own device. A
+ * phase goes to the healthy replica with the fewest of the router's phases
+ * in it (ties: the lowest index); one replica's device error leaves the
+ * others serving. */
+#define SCHED_MAX_REPLICAS 8
+
 typedef struct sched_router_cfg {
-  sched_pool *executor; /* required */
+  sched_pool *executor; /* required, unless executors is given */
   sched_pool *planner;  /* NULL: plans, fallbacks and fp16 are refused */
-  chat_template chat;   /* how messages are rendered (the executor model's) */
+  /* n_executors > 0 replicas serve as the executor (executor is then
+   * ignored), and likewise planners */
+  sched_pool *const *executors;
+  int32_t n_executors;
+  sched_pool *const *planners;
+  int32_t n_planners;
+  chat_template chat; /* how messages are rendered (the executor model's) */
   /* Templates; NULL: the defaults above. plan_prompt has
    * {question}; plan_insert has {question} and {plan}. */
   const char *plan_prompt, *plan_insert;
@@ -167,13 +180,16 @@ bl_status sched_router_submit(sched_router *r, const sched_rreq *q, bl_err *err)
 /* Thread-safe; unknown ids are ignored. */
 void sched_router_cancel(sched_router *r, uint64_t id);
 
-/* Decode throughput (tokens/s) used for the estimates: the live figure at
- * that batch size once it has SCHED_ACCT_MIN_STEPS steps, else the
- * calibration's. which: 0 executor, 1 planner. */
+/* Decode throughput (tokens/s) of one replica, used for the estimates: the
+ * live figure at that batch size once the role's replicas have
+ * SCHED_ACCT_MIN_STEPS steps there (their mean), else the calibration's.
+ * which: 0 executor, 1 planner. */
 #define SCHED_ACCT_MIN_STEPS 32
 double sched_router_tps(sched_router *r, int which, int32_t batch);
-/* Measure both pools at batch 1 and 8 with n_tokens-token decodes. The
- * pools must be idle; stepped by hand unless their threads run. */
+/* Measure both roles at batch 1 and 8 with n_tokens-token decodes, on
+ * each role's first replica (replicas are the same model on like devices;
+ * measuring each would multiply start-up time). The pools must be idle;
+ * stepped by hand unless their threads run. */
 bl_status sched_router_calibrate(sched_router *r, int32_t n_tokens, bl_err *err);
 /* The calibration's figure alone (batch 1 or 8; 0: not measured). */
 double sched_router_calibrated(const sched_router *r, int which, int32_t batch);
@@ -193,5 +209,8 @@ typedef struct sched_agg {
 void sched_router_aggs(sched_router *r, void (*fn)(const sched_agg *a, void *user), void *user);
 /* The auto router's state, for metrics. */
 sched_auto *sched_router_auto(sched_router *r);
+/* The router's phases in flight on replica i of a role (0 executor, 1
+ * planner): what it balances on. */
+int32_t sched_router_load(sched_router *r, int which, int32_t i);
 
 #endif

@@ -53,7 +53,8 @@ typedef struct rq {
   void *user;
   /* progress (under the router lock: phase, pool, iid, cancelled) */
   rphase phase;
-  sched_pool *pool;
+  sched_pool *pool; /* the current phase's replica: role[role].p[replica] */
+  int role, replica;
   uint64_t iid; /* the current phase's id in its pool */
   bool cancelled;
   double t0, phase_t0;
@@ -72,8 +73,15 @@ typedef struct fp16_len {
   uint64_t n;
 } fp16_len;
 
+/* The replicas of one role (0 executor, 1 planner; n 0: none). */
+typedef struct rrole {
+  sched_pool *p[SCHED_MAX_REPLICAS];
+  int32_t n;
+  int32_t load[SCHED_MAX_REPLICAS]; /* phases submitted and not finished (router lock) */
+} rrole;
+
 struct sched_router {
-  sched_pool *executor, *planner;
+  rrole role[2];
   const tok_tokenizer *tok;
   chat_template chat;
   rconf *conf; /* the current settings (swapped under lock) */

@@ -29,7 +29,8 @@
  * Health: a device error (BL_EDEVICE from the forward pass or a KV copy)
  * is sticky on a GPU, so the pool stops using its backend for good. Every
  * request it holds, and every one that reaches it later, finishes
- * SCHED_FIN_ERROR with "NAME pool is unhealthy after a device error: ...";
+ * SCHED_FIN_ERROR with "LABEL is unhealthy after a device error: ..."
+ * (LABEL: cfg.label, by default "NAME pool");
  * sched_submit refuses new ones (BL_EDEVICE); the thread stays up and the
  * stats say so (healthy, error). Any other failure of a step only fails
  * that step's requests. */
@@ -116,7 +117,8 @@ typedef struct sched_req {
 typedef void (*sched_health_fn)(sched_pool *p, void *user);
 
 typedef struct sched_pool_cfg {
-  const char *name;
+  const char *name;           /* what events call it (a role: replicas share it) */
+  const char *label;          /* how its errors and logs name it; NULL: "NAME pool" */
   model *m;                   /* not owned; its backend runs the pool */
   bk_kvfmt kv_fmt;            /* BK_KV_F16 ... */
   int32_t block_size;         /* tokens per KV block; 0: 16 */
@@ -188,6 +190,12 @@ typedef struct sched_stats {
 double sched_tps_at(const sched_stats *s, int32_t batch, bool live);
 
 void sched_pool_stats(sched_pool *p, sched_stats *out); /* thread-safe */
+/* Fold one replica's stats into sum (start from {0}): counts and times
+ * add, max_wait_steps is the larger, decode rates become the replicas'
+ * mean per replica (steps and time add; the moving figure is weighted by
+ * steps), healthy while any replica is, error the first one's while none
+ * is. */
+void sched_stats_add(sched_stats *sum, const sched_stats *s);
 /* Thread-safe: false once a device error made p unhealthy; why (NULL or n
  * bytes) gets its error. */
 bool sched_pool_healthy(sched_pool *p, char *why, size_t n);

@@ -15,6 +15,9 @@ after it, fails with BL_EDEVICE, as a sticky CUDA error would.
   pool entries say healthy and error; a request that needs only the healthy
   planner (policy fp16) still runs; the process is alive, answers
   ServerInfo and GetStats, and SIGTERM still exits 0.
+- Two executor replicas, the fault on replica 0 (executor.0:...): only its
+  request fails, naming the replica; the daemon stays ready and SERVING
+  with one of two replicas healthy, and new requests all finish.
 - A malformed BALLAST_INJECT_FAULT stops the start (status 1) with a message
   naming the variable, before any model loads.
 
@@ -162,6 +165,92 @@ def test_device_error(ctx):
         d._reap()
 
 
+def test_replica_fault(ctx):
+    """Two executor replicas, a device error on replica 0: the request it
+    holds fails, naming the replica; the daemon keeps serving on replica 1
+    (ready, SERVING, ballast_pool_healthy 1 with 1 of 2 replicas healthy,
+    ServerInfo saying which), and new requests all go there and finish."""
+    own_only()
+    HR = h.hpb.HealthCheckResponse
+    cfg = h.base_config(ctx.model, **{"controls.calibrate_tokens": 0, "pools.planner": None,
+                                      "pools.executor.replicas": 2, "pools.executor.threads": 1})
+    d = ctx.cur = h.Daemon.start(ctx.ballastd, cfg, name="ballastd-replicas",
+                                 env={"BALLAST_INJECT_FAULT": f"executor.0:matmul:{FAULT_CALL}"})
+    unhealthy = "executor replica 0 (cpu) is unhealthy after a device error"
+    try:
+        info = d.info().pools[0]
+        expect([x.device for x in info.replicas] == ["cpu", "cpu"] and info.healthy,
+               f"ServerInfo at start: {info}")
+        m = d.metrics()
+        expect(m.get("ballast_pool_replicas", pool="executor") == 2
+               and m.get("ballast_pool_replicas_healthy", pool="executor") == 2, "replica gauges at start")
+
+        def run(tag, out, i):
+            out[i] = generate(d.stub, request(prompt="Count from one to ten:", policy="direct",
+                                              max_tokens=64, ignore_eos=True, sampling=GREEDY,
+                                              request_id=f"{tag}-{i}"), timeout=300)
+
+        # pairs at once: the first of each pair goes to replica 0 (ties go to
+        # the lowest index), the second to replica 1; until replica 0 faults
+        failed, done = None, 0
+        for k in range(15):
+            out = [None, None]
+            ts = [threading.Thread(target=run, args=(f"pair{k}", out, i)) for i in range(2)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            for r in out:
+                if r.final is not None and r.final.finish_reason == FR().ERROR:
+                    failed = r
+                else:
+                    r.check_stream()
+                    expect(r.final.finish_reason == FR().LENGTH, f"pair {k}: {r.describe()}")
+                    done += 1
+            if failed:
+                break
+        expect(failed is not None, f"no request met the fault at replica 0's matmul {FAULT_CALL}")
+        failed.check_stream()
+        expect(unhealthy in failed.final.error and CAUSE in failed.final.error,
+               f"final error: {failed.final.error!r}")
+        print(f"#   {failed.final.request_id}: ERROR: {failed.final.error}; {done} others finished",
+              flush=True)
+
+        # still serving, on one replica
+        st, body, _ = d.get("/readyz")
+        expect(st == 200, f"/readyz with one healthy replica: {st} {body!r}")
+        resp = d.health.Check(h.hpb.HealthCheckRequest(service=""), timeout=10 * h.SLOW)
+        expect(resp.status == HR.SERVING, f"Health.Check: {resp.status}")
+        m = d.metrics()
+        expect(m.get("ballast_pool_healthy", pool="executor") == 1
+               and m.get("ballast_pool_replicas_healthy", pool="executor") == 1
+               and m.get("ballast_ready") == 1,
+               f"metrics: healthy {m.get('ballast_pool_healthy', pool='executor')} replicas_healthy "
+               f"{m.get('ballast_pool_replicas_healthy', pool='executor')}")
+        info = d.info().pools[0]
+        r0, r1 = info.replicas
+        expect(info.healthy and info.error == "", f"pool: {info.healthy} {info.error!r}")
+        expect(not r0.healthy and unhealthy in r0.error and CAUSE in r0.error and r1.healthy
+               and r1.error == "", f"replicas: {r0} {r1}")
+
+        # new requests at once: all on replica 1, all finish
+        out = [None] * 3
+        ts = [threading.Thread(target=run, args=("after", out, i)) for i in range(3)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        for r in out:
+            r.check_stream()
+            expect(r.final.finish_reason == FR().LENGTH, f"after the fault: {r.describe()}")
+        expect(d.alive(), "ballastd exited")
+        rc = d.stop(timeout=60, check=False)
+        expect(rc == 0, f"exit status {rc} after SIGTERM; stderr:\n{d.stderr_tail()}")
+    finally:
+        ctx.cur = None
+        d._reap()
+
+
 def test_malformed_value(ctx):
     """A malformed BALLAST_INJECT_FAULT fails the start, naming the variable."""
     own_only()
@@ -172,7 +261,9 @@ def test_malformed_value(ctx):
         for value, says in (("executor:bogus:1", "unknown op 'bogus'"),
                             ("executor:matmul:0", "at least 1"),
                             ("gpu:matmul:5", "POOL executor or planner"),
-                            ("executor", "expected POOL:OP:N")):
+                            ("executor.1:matmul:5", "replica 1: the pool has 1"),
+                            ("executor.x:matmul:5", "replica x: the pool has 1"),
+                            ("executor", "expected POOL[.R]:OP:N")):
             t0 = time.monotonic()
             run = subprocess.run([ctx.ballastd, "--config", path], capture_output=True, text=True,
                                  timeout=60 * h.SLOW, stdin=subprocess.DEVNULL,
@@ -187,7 +278,7 @@ def test_malformed_value(ctx):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-TESTS = [test_malformed_value, test_device_error]
+TESTS = [test_malformed_value, test_device_error, test_replica_fault]
 
 
 def main():

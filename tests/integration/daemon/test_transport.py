@@ -159,14 +159,15 @@ def test_tls_bad_files(ctx):
 
 
 def test_several_gpus_refused(ctx):
-    """A pool over several GPUs (tensor parallelism, not built yet) stops the
-    start with the key named, rather than running on the first GPU."""
+    """A replica over several GPUs (tensor parallelism, not built yet) stops
+    the start with the key named, rather than running on the first GPU."""
     cfg = h.base_config(ctx.model, **{"pools.executor.device": "cuda", "pools.executor.devices": [0, 1],
                                       "pools.planner": None, "controls.calibrate_tokens": 0})
     try:
         d = h.Daemon.start(ctx.ballastd, cfg, name="ballastd-tp", timeout=120)
     except h.Fail as e:
-        expect("pools.executor.devices lists 2 GPUs" in str(e), f"the start failed otherwise:\n{e}")
+        expect("pools.executor.devices: lists 2 GPUs for 1 replica" in str(e),
+               f"the start failed otherwise:\n{e}")
         return
     d.stop(check=False)
     raise h.Fail("ballastd started with pools.executor.devices = [0, 1]")

@@ -94,7 +94,8 @@ static const char full[] =
     "pools: {\n"
     "  executor: { model = \"/models/w2\"; tokenizer = \"\"; precision = \"w4\"; device = "
     "\"cuda\";\n"
-    "    devices = [1, 3]; threads = 8; kv_format = \"fp8\"; kv_blocks = 1000; kv_budget_mb = "
+    "    devices = [1, 3]; replicas = 2; threads = 8; kv_format = \"fp8\"; kv_blocks = 1000; "
+    "kv_budget_mb = "
     "512;\n"
     "    block_size = 32; max_num_seqs = 128; max_batched_tokens = 2048; prefix_cache = false; };\n"
     "  planner: { model = \"/models/fp16\"; tokenizer = \"/models/tok.json\"; device = \"cuda\";\n"
@@ -129,7 +130,7 @@ static void test_full(void) {
   const bd_pool_cfg *e = &c->executor, *p = &c->planner;
   T_CHECK(str_eq(e->model, "/models/w2") && !e->tokenizer); /* "" is unset */
   T_CHECK(str_eq(e->precision, "w4") && str_eq(e->device, "cuda"));
-  T_CHECK(e->n_devices == 2 && e->devices[0] == 1 && e->devices[1] == 3);
+  T_CHECK(e->n_devices == 2 && e->devices[0] == 1 && e->devices[1] == 3 && e->replicas == 2);
   T_CHECK(e->threads == 8 && str_eq(e->kv_format, "fp8") && e->kv_blocks == 1000);
   T_CHECK(e->kv_budget_mb == 512 && e->block_size == 32 && e->max_num_seqs == 128);
   T_CHECK(e->max_batched_tokens == 2048 && !e->prefix_cache);
@@ -199,6 +200,28 @@ static void test_types_and_ranges(void) {
               "t.conf:2: pools.executor.devices: 9 entries");
   T_PARSE_ERR("pools: { executor: { model = \"/m\";\n devices = [0, 64]; }; };\n",
               "t.conf:2: pools.executor.devices: entry 1: 64 is out of range [0, 63]");
+  /* replicas: one GPU each on cuda, each GPU once; any number of cpu ones */
+  T_PARSE_ERR("pools: { executor: { model = \"/m\"; device = \"cuda\";\n devices = [0, 1]; }; };\n",
+              "t.conf:2: pools.executor.devices: lists 2 GPUs for 1 replica: give one GPU id per "
+              "replica (a replica spanning GPUs, tensor parallelism, is not built yet)");
+  T_PARSE_ERR("pools: { executor: { model = \"/m\"; device = \"cuda\"; replicas = 2; }; };\n",
+              "t.conf:1: pools.executor.devices: lists 1 GPU for 2 replicas");
+  T_PARSE_ERR("pools: { executor: { model = \"/m\"; device = \"cuda\";\n replicas = 2;\n "
+              "devices = [1, 1]; }; };\n",
+              "t.conf:3: pools.executor.devices: GPU 1 is listed twice");
+  T_PARSE_ERR("pools: { executor: { model = \"/m\";\n replicas = 0; }; };\n",
+              "t.conf:2: pools.executor.replicas: 0 is out of range [1, 8]");
+  T_PARSE_ERR("pools: { executor: { model = \"/m\"; }; planner: { model = \"/p\"; device = "
+              "\"cuda\";\n replicas = 3; devices = [0, 1]; }; };\n",
+              "t.conf:2: pools.planner.devices: lists 2 GPUs for 3 replicas");
+  {
+    bd_config *c = NULL;
+    bl_err err = {0};
+    const char *txt = "pools: { executor: { model = \"/m\"; replicas = 3; }; };\n";
+    T_CHECKF(bd_config_parse(txt, "t.conf", &c, &err) == BL_OK && c, "%s", err.msg);
+    T_CHECK(c && c->executor.replicas == 3 && !strcmp(c->executor.device, "cpu"));
+    bd_config_free(c);
+  }
   T_PARSE_ERR(MIN_POOLS "server: { grpc_threads = 0; };\n",
               "t.conf:2: server.grpc_threads: 0 is out of range [1, 64]");
   T_PARSE_ERR(MIN_POOLS "server: { drain_timeout_s = -0.5; };\n",

@@ -11,11 +11,10 @@
 #include <string.h>
 
 #include "bk_fault.h"
+#include "byte_tok.h"
 #include "sched_router.h"
 #include "sched_router_internal.h"
 #include "t.h"
-
-enum { IM_START = 256, IM_END = 257, THINK = 258, END_THINK = 259, N_TOK = 260 };
 
 /* ---- the scripted model ---------------------------------------------- */
 
@@ -63,56 +62,6 @@ static bl_status sc_matmul(bk_backend *be, float *y, const float *x, const bk_we
     for (int32_t j = 0; j < w->rows; j++)
       y[(size_t)i * w->rows + j] = j == next ? 30.f : 0.f;
   return BL_OK;
-}
-
-/* GPT-2's byte-to-symbol map, as UTF-8. */
-static void byte_symbol(int b, char *out, size_t *len) {
-  int cp;
-  if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) {
-    cp = b;
-  } else {
-    int n = 0;
-    for (int c = 0; c < b; c++)
-      if (!((c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF))) n++;
-    cp = 256 + n;
-  }
-  if (cp < 0x80) {
-    out[0] = (char)cp;
-    *len = 1;
-  } else {
-    out[0] = (char)(0xC0 | (cp >> 6));
-    out[1] = (char)(0x80 | (cp & 0x3F));
-    *len = 2;
-  }
-}
-
-static tok_tokenizer *byte_tokenizer(void) {
-  static char sym[256][4];
-  static const char *toks[N_TOK];
-  static size_t lens[N_TOK];
-  static int32_t types[N_TOK];
-  for (int b = 0; b < 256; b++) {
-    byte_symbol(b, sym[b], &lens[b]);
-    toks[b] = sym[b];
-    types[b] = TOK_NORMAL;
-  }
-  const char *special[] = {"<|im_start|>", "<|im_end|>", "<think>", "</think>"};
-  for (int i = 0; i < 4; i++) {
-    toks[256 + i] = special[i];
-    lens[256 + i] = strlen(special[i]);
-    types[256 + i] = i < 2 ? TOK_CONTROL : TOK_USER;
-  }
-  tok_vocab_src src = {.n_tokens = N_TOK,
-                       .tokens = toks,
-                       .token_lens = lens,
-                       .token_types = types,
-                       .pre = "qwen2",
-                       .bos_id = -1,
-                       .eos_id = IM_END};
-  tok_tokenizer *t = NULL;
-  bl_err err = {0};
-  T_CHECKF(tok_build(&src, &t, &err) == BL_OK, "%s", err.msg);
-  return t;
 }
 
 typedef struct world {

@@ -179,12 +179,15 @@ static bl_status load_vec(loader *L, const char *name, int32_t n, float **dev, b
   return st;
 }
 
-static int32_t auto_group_size(const model_config *c) {
+bool model_group_size_fits(const model_config *c, int32_t gs) {
+  return gs > 0 && c->hidden % gs == 0 && c->intermediate % gs == 0 &&
+         (c->n_heads * c->head_dim) % gs == 0;
+}
+
+int32_t model_auto_group_size(const model_config *c) {
   static const int32_t sizes[] = {128, 64, 32};
-  for (int i = 0; i < 3; i++) {
-    int32_t g = sizes[i];
-    if (c->hidden % g == 0 && c->intermediate % g == 0 && (c->n_heads * c->head_dim) % g == 0) return g;
-  }
+  for (int i = 0; i < 3; i++)
+    if (model_group_size_fits(c, sizes[i])) return sizes[i];
   return 0;
 }
 
@@ -363,7 +366,7 @@ bl_status model_load(const char *path, const model_load_opts *opts, bk_backend *
   if (native_gptq) {
     m->group_size = L.gi.group_size; /* -1: one group per row, as stored */
   } else if (m->prec != MODEL_PREC_FP16) {
-    m->group_size = opts->group_size ? opts->group_size : auto_group_size(c);
+    m->group_size = opts->group_size ? opts->group_size : model_auto_group_size(c);
     if (m->group_size <= 0) {
       st = bl_fail(err, BL_EUNSUPPORTED, "%s: no group size of 32/64/128 divides the layer widths", path);
       goto fail;

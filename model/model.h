@@ -105,9 +105,17 @@ bl_status model_load_tokenizer(const char *path, tok_tokenizer **out, bl_err *er
 bl_status model_load(const char *path, const model_load_opts *opts, bk_backend *be, model **out,
                      bl_err *err);
 
+/* The quantization group size used when none is asked for: the largest of
+ * 128, 64, 32 that divides every linear's input width (hidden,
+ * intermediate, n_heads * head_dim); 0 when none does. */
+int32_t model_auto_group_size(const model_config *c);
+/* Does group size gs divide every linear's input width? */
+bool model_group_size_fits(const model_config *c, int32_t gs);
+
 /* Random weights with the shapes of a known config (for benchmarks):
  * "qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3-14b",
- * "qwen3-32b", "smollm2-135m". */
+ * "qwen3-32b", "smollm2-135m". group_size 0: model_auto_group_size; one
+ * that does not fit the shapes is BL_EINVAL. */
 bl_status model_synthetic(const char *name, model_prec prec, int32_t group_size, bk_backend *be,
                           model **out, bl_err *err);
 /* The config of a synthetic name alone (no weights), for sizing. */

@@ -105,7 +105,14 @@ bl_status model_synthetic(const char *name, model_prec prec, int32_t group_size,
   *c = cfg;
   m->prec = prec == MODEL_PREC_AUTO ? MODEL_PREC_FP16 : prec;
   bk_wfmt fmt = m->prec == MODEL_PREC_W4 ? BK_WF_W4 : m->prec == MODEL_PREC_W2 ? BK_WF_W2 : BK_WF_F16;
-  m->group_size = fmt == BK_WF_F16 ? 0 : (group_size ? group_size : 128);
+  m->group_size = fmt == BK_WF_F16 ? 0 : (group_size ? group_size : model_auto_group_size(c));
+  if (fmt != BK_WF_F16 && !model_group_size_fits(c, m->group_size)) {
+    st = bl_fail(err, BL_EINVAL,
+                 "synthetic %s: group size %d does not divide the layer widths (hidden %d, "
+                 "intermediate %d, q %d)",
+                 name, m->group_size, c->hidden, c->intermediate, c->n_heads * c->head_dim);
+    goto fail;
+  }
   uint64_t rng = 0x5eed5eed12345678ull;
   int32_t qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
   if (!(m->layers = calloc((size_t)c->n_layers, sizeof *m->layers))) {

@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "bl_status.h"
 
@@ -163,6 +164,17 @@ typedef struct bk_heads {
   float norm_eps; /* for the per-head q/k RMSNorm (Qwen3) */
 } bk_heads;
 
+/* ---- the device ------------------------------------------------------- */
+
+/* What a backend runs on, for reports (`ballast bench`, `ballast
+ * kv-capacity`). Fields a backend cannot know are 0 (or "" for the name). */
+typedef struct bk_device_info {
+  char name[96];                    /* "NVIDIA H200"; the CPU's model name */
+  uint64_t mem_total, mem_free;     /* bytes: device memory, or host RAM (free = available) */
+  double peak_gb_s;                 /* rated memory bandwidth, 1e9 bytes/s; 0: unknown */
+  int sm_count, cc_major, cc_minor; /* CUDA multiprocessors, compute capability; 0 on a CPU */
+} bk_device_info;
+
 /* ---- the table -------------------------------------------------------- */
 
 typedef struct bk_backend bk_backend;
@@ -221,7 +233,20 @@ struct bk_backend {
    * replica that turns unhealthy fails its requests with. The CUDA
    * backend's text is cu_last_error (kernels/cuda/cu_ops.h). */
   const char *(*last_error)(const bk_backend *be);
+
+  /* Optional (NULL: the backend cannot say): fill *out with what the
+   * backend runs on (bk_device_info; mem_free as of this call). BL_OK, or
+   * BL_EDEVICE when a device query failed. Not an op: it queues nothing
+   * and may be called at any time from the thread that drives be. */
+  bl_status (*device_info)(const bk_backend *be, bk_device_info *out);
 };
+
+/* be->device_info, or BL_EUNSUPPORTED (and *out zeroed) where the slot is
+ * NULL. */
+static inline bl_status bk_device_info_get(const bk_backend *be, bk_device_info *out) {
+  memset(out, 0, sizeof *out);
+  return be->device_info ? be->device_info(be, out) : BL_EUNSUPPORTED;
+}
 
 /* Create the CPU backend with n_threads workers (0: all online cores). */
 bl_status bk_cpu_create(int n_threads, bk_backend **out, bl_err *err);

@@ -204,6 +204,11 @@ static const char *fw_last_error(const bk_backend *be) {
   return f->inner->last_error ? f->inner->last_error(f->inner) : "";
 }
 
+/* A query, not an op: neither counted nor failed by the fault. */
+static bl_status fw_device_info(const bk_backend *be, bk_device_info *out) {
+  return F(be)->inner->device_info(F(be)->inner, out);
+}
+
 bl_status bk_fault_wrap(bk_backend *inner, const char *spec, bk_backend **out, bl_err *err) {
   *out = NULL;
   bk_fault_spec s;
@@ -234,7 +239,8 @@ bl_status bk_fault_wrap(bk_backend *inner, const char *spec, bk_backend **out, b
                        .add = fw_add,
                        .kv_write = fw_kv_write,
                        .attention = fw_attention,
-                       .last_error = fw_last_error};
+                       .last_error = fw_last_error,
+                       .device_info = inner->device_info ? fw_device_info : NULL};
   *out = &f->be;
   return BL_OK;
 }

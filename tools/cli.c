@@ -102,6 +102,18 @@ bl_status cli_backend(const char *device, const char *threads, bk_backend **out,
   return bl_fail(err, BL_EINVAL, "--device %s: expected cpu, cuda or cuda:N", device);
 }
 
+bl_status cli_device_info(const bk_backend *be, bk_device_info *out, bl_err *err) {
+  bl_status st = bk_device_info_get(be, out);
+  if (st == BL_EUNSUPPORTED)
+    return bl_fail(err, st, "%s: the backend cannot say what device it runs on", be->name);
+  if (st != BL_OK) {
+    const char *why = be->last_error ? be->last_error(be) : NULL;
+    return bl_fail(err, st, "%s: device query failed: %s", be->name,
+                   why && *why ? why : bl_status_str(st));
+  }
+  return BL_OK;
+}
+
 void cli_json_str(FILE *f, const char *s, size_t n) {
   fputc('"', f);
   for (size_t i = 0; i < n; i++) {
@@ -113,8 +125,10 @@ void cli_json_str(FILE *f, const char *s, size_t n) {
     case '\r': fputs("\\r", f); break;
     case '\t': fputs("\\t", f); break;
     default:
-      if (c < 0x20) fprintf(f, "\\u%04x", c);
-      else fputc(c, f);
+      if (c < 0x20)
+        fprintf(f, "\\u%04x", c);
+      else
+        fputc(c, f);
     }
   }
   fputc('"', f);

@@ -1,5 +1,5 @@
-/* Shared helpers for `ballast` subcommands: flag parsing, backend choice,
- * JSON string output, integer lists, wall clock. */
+/* Shared helpers for `ballast` subcommands: flag parsing, backend choice
+ * and what it runs on, JSON string output, integer lists, wall clock. */
 #ifndef TOOLS_CLI_H
 #define TOOLS_CLI_H
 
@@ -39,6 +39,10 @@ bool cli_float(const char *s, double lo, double hi, double *out);
 
 /* --device cpu|cuda[:N] and --threads N. */
 bl_status cli_backend(const char *device, const char *threads, bk_backend **out, bl_err *err);
+
+/* What be runs on (bk_device_info_get), with an error that names the
+ * backend where it cannot say (BL_EUNSUPPORTED) or the query failed. */
+bl_status cli_device_info(const bk_backend *be, bk_device_info *out, bl_err *err);
 
 void cli_json_str(FILE *f, const char *s, size_t n);
 double cli_now(void);

@@ -1,5 +1,7 @@
 /* `ballast kv-capacity`: how many sequences of --context tokens fit in
- * --memory-gib of device memory with the KV cache in fp16, fp8 and nvfp4.
+ * --memory-gib of device memory with the KV cache in fp16, fp8 and nvfp4,
+ * or in all the memory of --device (its total as the backend reports it:
+ * cudaMemGetInfo's total for cuda:N, MemTotal for the CPU's RAM).
  *
  *   free  = memory - weights - reserve
  *   seq   = ceil(context / block_size) * block_size * kv_bytes_per_token
@@ -27,11 +29,12 @@
 #define RESERVE_STEP_TOKENS 2048
 
 static const char *usage =
-    "usage: ballast kv-capacity (--model PATH | --synthetic NAME) --memory-gib G --context N\n"
+    "usage: ballast kv-capacity (--model PATH | --synthetic NAME)\n"
+    "         (--memory-gib G | --device cpu|cuda[:N]) --context N\n"
     "         [--precision fp16|w4|w2] [--group-size N] [--block-size 16] [--json]\n"
     "  Largest number of concurrent sequences of N tokens per KV format (fp16, fp8,\n"
-    "  nvfp4) in G GiB after the weights (default precision w2, the executor's)\n"
-    "  and a reserve for the runtime and activations.\n"
+    "  nvfp4) in G GiB (or the device's total memory) after the weights (default\n"
+    "  precision w2, the executor's) and a reserve for the runtime and activations.\n"
     "  NAME: qwen3-0.6b qwen3-1.7b qwen3-4b qwen3-8b qwen3-14b qwen3-32b smollm2-135m\n";
 
 /* Resident bytes of one linear [rows][cols] in format f with group size gs:
@@ -78,10 +81,39 @@ typedef struct cap_row {
   int64_t max_seqs;
 } cap_row;
 
+/* --device: the device's total memory (info->mem_total) and its backend's
+ * name; an error where the backend cannot say. */
+static bl_status device_memory(const char *device, bk_device_info *info, char *backend, size_t cap,
+                               bl_err *err) {
+  bk_backend *be = NULL;
+  bl_status st = cli_backend(device, "1", &be, err); /* one thread: only to ask */
+  if (st) return st;
+  snprintf(backend, cap, "%s", be->name);
+  st = cli_device_info(be, info, err);
+  if (!st && !info->mem_total)
+    st = bl_fail(err, BL_EUNSUPPORTED, "%s: the backend does not know its memory size", be->name);
+  bk_destroy(be);
+  return st;
+}
+
+static void json_device(const char *backend, const bk_device_info *d) {
+  if (!backend) {
+    printf(",\"memory_source\":\"flag\",\"device_info\":null");
+    return;
+  }
+  printf(",\"memory_source\":\"device\",\"device_info\":{\"backend\":");
+  cli_json_str(stdout, backend, strlen(backend));
+  printf(",\"name\":");
+  cli_json_str(stdout, d->name, strlen(d->name));
+  printf(",\"memory_total_bytes\":%llu,\"memory_free_bytes\":%llu}",
+         (unsigned long long)d->mem_total, (unsigned long long)d->mem_free);
+}
+
 int cmd_kv_capacity(int argc, char **argv) {
   cli_flag f[] = {{"--model", 1, NULL},      {"--synthetic", 1, NULL}, {"--memory-gib", 1, NULL},
                   {"--context", 1, NULL},    {"--precision", 1, NULL}, {"--group-size", 1, NULL},
-                  {"--block-size", 1, NULL}, {"--json", 0, NULL},      {"--help", 0, NULL}};
+                  {"--block-size", 1, NULL}, {"--json", 0, NULL},      {"--help", 0, NULL},
+                  {"--device", 1, NULL}};
   int nf = (int)(sizeof f / sizeof *f);
   if (!cli_parse("kv-capacity", argc, argv, f, nf)) return 2;
   if (cli_get(f, nf, "--help")) {
@@ -89,11 +121,19 @@ int cmd_kv_capacity(int argc, char **argv) {
     return 0;
   }
   const char *path = cli_get(f, nf, "--model"), *synth = cli_get(f, nf, "--synthetic"), *v;
+  const char *mem = cli_get(f, nf, "--memory-gib"), *device = cli_get(f, nf, "--device");
   double gib = 0;
   long ctx = 0, bs = 16, gs = 0;
   model_prec prec = MODEL_PREC_W2;
-  if (!path == !synth || !cli_get(f, nf, "--memory-gib") || !cli_get(f, nf, "--context") ||
-      !cli_float(cli_get(f, nf, "--memory-gib"), 0.001, 1e6, &gib) ||
+  if (!mem == !device) {
+    fprintf(stderr, "ballast kv-capacity: %s\n%s",
+            mem ? "give --memory-gib or --device, not both"
+                : "give the memory: --memory-gib G, or --device cpu|cuda[:N] for all of its memory",
+            usage);
+    return 2;
+  }
+  if (!path == !synth || !cli_get(f, nf, "--context") ||
+      (mem && !cli_float(mem, 0.001, 1e6, &gib)) ||
       !cli_int(cli_get(f, nf, "--context"), 1, 1L << 30, &ctx) ||
       ((v = cli_get(f, nf, "--block-size")) && !cli_int(v, 1, 1 << 16, &bs)) ||
       ((v = cli_get(f, nf, "--group-size")) && !cli_int(v, 32, 1 << 20, &gs)) ||
@@ -103,12 +143,23 @@ int cmd_kv_capacity(int argc, char **argv) {
     return 2;
   }
   bl_err err = {0};
+  bk_device_info dinfo = {0};
+  char backend[64] = "";
+  if (device) {
+    if (device_memory(device, &dinfo, backend, sizeof backend, &err)) goto fail;
+    gib = (double)dinfo.mem_total / (double)(1ull << 30);
+  }
   model_config cfg;
   uint64_t weights = 0;
   int32_t group = (int32_t)gs;
   if (synth) {
     if (model_synthetic_config(synth, &cfg, &err)) goto fail;
-    if (!group) group = 128; /* model_synthetic's default */
+    if (!group) group = model_auto_group_size(&cfg); /* model_synthetic's default */
+    if (prec != MODEL_PREC_FP16 && !model_group_size_fits(&cfg, group)) {
+      fprintf(stderr, "ballast kv-capacity: --group-size %d does not divide %s's layer widths\n",
+              group, synth);
+      return 2;
+    }
     weights = weights_from_config(&cfg, prec, group);
   } else {
     bk_backend *be = NULL;
@@ -145,10 +196,11 @@ int cmd_kv_capacity(int argc, char **argv) {
     printf("{\"model\":");
     cli_json_str(stdout, name, strlen(name));
     printf(",\"precision\":\"%s\",\"group_size\":%d,\"memory_gib\":%.3f,\"context\":%ld,"
-           "\"block_size\":%ld,\"weight_bytes\":%llu,\"reserve_bytes\":%.0f,\"free_bytes\":%.0f,"
-           "\"formats\":[",
+           "\"block_size\":%ld,\"weight_bytes\":%llu,\"reserve_bytes\":%.0f,\"free_bytes\":%.0f",
            model_prec_name(prec), group, gib, ctx, bs, (unsigned long long)weights, reserve,
            free_b);
+    json_device(device ? backend : NULL, &dinfo);
+    printf(",\"formats\":[");
     for (int i = 0; i < 3; i++)
       printf("%s{\"kv\":\"%s\",\"kv_bytes_per_token\":%llu,\"bytes_per_seq\":%llu,"
              "\"max_seqs\":%lld}",
@@ -158,6 +210,8 @@ int cmd_kv_capacity(int argc, char **argv) {
     return 0;
   }
   const double g = (double)(1ull << 30);
+  if (device)
+    printf("memory: %.2f GiB, all of %s (%s): the total it reports\n", gib, backend, dinfo.name);
   printf("%s at %s%s: weights %.2f GiB, reserve %.2f GiB (%.1f runtime + %d-token step), "
          "%.2f GiB of %.2f GiB left for KV\n",
          name, model_prec_name(prec), prec == MODEL_PREC_FP16 ? "" : " (group scales incl.)",

@@ -1,6 +1,7 @@
 /* The CPU backend: bk_cpu_create, memory slots (host memory, 64-byte
  * aligned), ISA choice, and the element-wise ops (embed, rmsnorm, silu_mul,
- * add). Matmul lives in cpu_matmul.c, attention and RoPE in cpu_attn.c.
+ * add). Matmul lives in cpu_matmul.c, attention and RoPE in cpu_attn.c,
+ * device_info in cpu_info.c.
  *
  * The ISA is chosen once here: AVX2+FMA+F16C where the CPU has them, else
  * portable C; BALLAST_CPU_ISA=scalar|avx2 forces one (tests run both). */
@@ -265,6 +266,7 @@ bl_status bk_cpu_create(int n_threads, bk_backend **out, bl_err *err) {
   be->add = cpu_add;
   be->kv_write = cpu_kv_write;
   be->attention = cpu_attention;
+  be->device_info = cpu_device_info;
   *out = be;
   return BL_OK;
 }

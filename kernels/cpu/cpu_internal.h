@@ -46,6 +46,8 @@ static inline int64_t cpu_grain(int64_t work_per_item) {
  * its own cache line. */
 static inline size_t cpu_thr_stride(size_t floats) { return (floats + 15) / 16 * 16; }
 
+/* The device_info slot (cpu_info.c): /proc/cpuinfo's model name, host RAM. */
+bl_status cpu_device_info(const bk_backend *be, bk_device_info *out);
 bl_status cpu_matmul(bk_backend *be, float *y, const float *x, const bk_weight *w, int32_t n);
 bl_status cpu_qk_norm_rope(bk_backend *be, float *q, float *k, const float *q_norm,
                            const float *k_norm, const int32_t *pos, int32_t n, const bk_heads *h);

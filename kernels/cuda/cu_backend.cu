@@ -152,6 +152,40 @@ static bl_status cu_sync(bk_backend *be) {
   return cu_derr_check(c);
 }
 
+/* ---- device info ------------------------------------------------------ */
+
+/* The device_info slot. peak_gb_s is the memory's rated bandwidth from two
+ * runtime attributes, the memory clock (kHz) and the bus width (bits), both
+ * in CUDA 13's driver_types.h (cudaDeviceProp lost memoryClockRate in CUDA
+ * 13; the attribute stayed):
+ *   peak = 2 (double data rate) * clock_khz * 1e3 * bus_bits / 8 / 1e9 GB/s.
+ * An H100 SXM reports 2,619,000 kHz and 5120 bits: 3352 GB/s, its rated
+ * 3.35 TB/s. An H200 (6144 bits) is rated 4.8 TB/s, which the formula gives
+ * for 3,125,000 kHz; a reported 3,201,000 kHz (3201 MHz) would give 4917
+ * GB/s, 2.4 % over the datasheet. What an H200 reports was not checked on a
+ * device here: `ballast bench` prints the figure it uses, and --peak-gb-s
+ * overrides it. Memory is cudaMemGetInfo's (a MIG instance's own, where the
+ * GPU is split; the peak is then still the whole GPU's). */
+extern "C" bl_status cu_device_info(const bk_backend *be, bk_device_info *out) {
+  memset(out, 0, sizeof *out);
+  CU_ENTER(c, be);
+  cudaDeviceProp prop;
+  CU_CHECK(c, cudaGetDeviceProperties(&prop, c->dev));
+  size_t free_b = 0, total_b = 0;
+  CU_CHECK(c, cudaMemGetInfo(&free_b, &total_b));
+  int clock_khz = 0, bus_bits = 0;
+  CU_CHECK(c, cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, c->dev));
+  CU_CHECK(c, cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, c->dev));
+  snprintf(out->name, sizeof out->name, "%.*s", (int)sizeof out->name - 1, prop.name);
+  out->mem_total = total_b;
+  out->mem_free = free_b;
+  out->peak_gb_s = 2.0 * clock_khz * 1e3 * bus_bits / 8 / 1e9;
+  out->sm_count = prop.multiProcessorCount;
+  out->cc_major = prop.major;
+  out->cc_minor = prop.minor;
+  return BL_OK;
+}
+
 /* ---- life cycle ------------------------------------------------------- */
 
 static void cu_destroy(bk_backend *be) {
@@ -261,6 +295,7 @@ extern "C" bl_status bk_cuda_create(int dev, bk_backend **out, bl_err *err) {
   be->kv_write = cu_kv_write;
   be->attention = cu_attention;
   be->last_error = cu_last_error;
+  be->device_info = cu_device_info;
   *out = be;
   return BL_OK;
 }

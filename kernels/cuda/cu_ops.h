@@ -21,6 +21,10 @@ extern "C" {
 /* The message of the last device error on this backend ("" when none). */
 const char *cu_last_error(const bk_backend *be);
 
+/* What the backend runs on: name, memory (cudaMemGetInfo), SMs, compute
+ * capability and the rated memory bandwidth (cu_backend.cu says how). */
+bl_status cu_device_info(const bk_backend *be, bk_device_info *out);
+
 /* Copy the canonical host layout of w to the device (w->dev); see
  * cu_weight.cuh for the device layout. Synchronous: the host arrays may be
  * freed on return. */

@@ -122,9 +122,12 @@ struct cudaDeviceProp {
 struct cudaFuncAttributes {
   int numRegs;
 };
+enum cudaDeviceAttr { cudaDevAttrMemoryClockRate = 36, cudaDevAttrGlobalMemoryBusWidth = 37 };
 cudaError_t cudaGetDeviceCount(int *n);
 cudaError_t cudaSetDevice(int);
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int);
+cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int dev);
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b);
 template <class F> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, F) {
   a->numRegs = 0;
   return 0;

@@ -2,6 +2,7 @@
  * waits at a barrier), a malloc-backed CUDA runtime, and cuBLAS GemmEx as a
  * plain loop. See run.sh. */
 #include "emu_cuda.h"
+#include <malloc.h>
 #include <ucontext.h>
 #include <vector>
 
@@ -156,6 +157,11 @@ void emu_launch(dim3 grid, dim3 block, std::function<void()> fn) {
       }
 }
 
+/* The emulated device: plainly not a GPU. Its memory is EMU_MEM_TOTAL less
+ * what cudaMalloc holds; its "rated" bandwidth is 1,000,000 kHz x 256 bits,
+ * 64 GB/s by cu_device_info's formula (tests/gpu/emu/test_device_info.c). */
+#define EMU_MEM_TOTAL ((size_t)1 << 34)
+static size_t g_alloc_bytes;
 cudaError_t cudaGetDeviceCount(int *n) {
   *n = 1;
   return 0;
@@ -163,11 +169,23 @@ cudaError_t cudaGetDeviceCount(int *n) {
 cudaError_t cudaSetDevice(int) { return 0; }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) {
   memset(p, 0, sizeof *p);
-  strcpy(p->name, "emulator");
+  strcpy(p->name, "ballast CUDA emulator (CPU)");
   p->major = 9;
   p->minor = 0;
   p->multiProcessorCount = 2;
-  p->totalGlobalMem = (size_t)1 << 34;
+  p->totalGlobalMem = EMU_MEM_TOTAL;
+  return 0;
+}
+cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int dev) {
+  switch (a) {
+  case cudaDevAttrMemoryClockRate: *v = 1000000; return 0;  /* kHz */
+  case cudaDevAttrGlobalMemoryBusWidth: *v = 256; return 0; /* bits */
+  }
+  return cudaErrorInvalidValue;
+}
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b) {
+  *total_b = EMU_MEM_TOTAL;
+  *free_b = g_alloc_bytes < EMU_MEM_TOTAL ? EMU_MEM_TOTAL - g_alloc_bytes : 0;
   return 0;
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) {
@@ -183,9 +201,11 @@ cudaError_t cudaMalloc(void **p, size_t b) {
   /* fill with garbage so reads of unwritten memory show */
   if (posix_memalign(p, 256, b ? b : 1)) return 2;
   memset(*p, 0xA5, b);
+  g_alloc_bytes += malloc_usable_size(*p);
   return 0;
 }
 cudaError_t cudaFree(void *p) {
+  if (p) g_alloc_bytes -= malloc_usable_size(p);
   free(p);
   return 0;
 }
@@ -208,7 +228,11 @@ cudaError_t cudaMemset(void *d, int v, size_t b) {
   memset(d, v, b);
   return 0;
 }
-cudaError_t cudaMallocHost(void **p, size_t b) { return cudaMalloc(p, b); }
+cudaError_t cudaMallocHost(void **p, size_t b) { /* host memory: not in g_alloc_bytes */
+  if (posix_memalign(p, 256, b ? b : 1)) return 2;
+  memset(*p, 0xA5, b);
+  return 0;
+}
 cudaError_t cudaFreeHost(void *p) {
   free(p);
   return 0;

@@ -5,7 +5,8 @@
 # linked with the real CPU backend. It checks kernel logic (indexing, layouts,
 # reductions, bounds under ASan), not timing, races or GPU math ulps. Slow
 # (minutes); not part of meson or CI.
-#   tests/gpu/test_cuda_ops.c    every op against the CPU backend
+#   tests/gpu/test_cuda_ops.c    every op against the CPU backend (after
+#                                emu/test_device_info.c: the device_info slot)
 #   tests/gpu/test_cuda_model.c  whole models (with model/, kvcache/ and the
 #                                engine's libraries): the tiny Qwen3s only
 #                                (~1.5 minutes). SmolLM2 takes ~11 minutes per
@@ -42,6 +43,7 @@ g++ -std=c++17 $FLAGS -I"$E" -I"$S/common" -c "$E/emu_rt.cpp" -o "$O/eng/emu_rt.
 CC="gcc -std=c11 $FLAGS -D_GNU_SOURCE -I$S/kernels -I$S/kvcache -I$S/common -I$S/tests/common"
 # the engine below the model: kernels, CPU backend, common
 $CC -c "$S/kernels/backend.c" -o "$O/eng/backend.o"
+$CC -c "$S/kernels/bk_fault.c" -o "$O/eng/bk_fault.o"
 $CC -c "$S/common/bl_status.c" -o "$O/eng/bl_status.o"
 $CC -c "$S/common/bl_log.c" -o "$O/eng/bl_log.o"
 for f in "$S"/kernels/cpu/*.c; do
@@ -52,6 +54,10 @@ LIBS="-lm -lpthread"
 for t in $TESTS; do
   case "$t" in
   ops)
+    # the device_info slot on the emulated device first (seconds)
+    $CC -I"$S/kernels/cuda" -c "$E/test_device_info.c" -o "$O/test_device_info.o"
+    g++ $FLAGS -o "$O/test_device_info" "$O/test_device_info.o" "$O"/eng/*.o "$O"/gen/*.o $LIBS
+    ASAN_OPTIONS=detect_leaks=0 "$O/test_device_info"
     $CC -c "$S/tests/gpu/test_cuda_ops.c" -o "$O/test_cuda_ops.o"
     g++ $FLAGS -o "$O/test_cuda_ops" "$O/test_cuda_ops.o" "$O"/eng/*.o "$O"/gen/*.o $LIBS
     ASAN_OPTIONS=detect_leaks=0 BALLAST_NO_BENCH=1 "$O/test_cuda_ops"

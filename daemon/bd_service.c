@@ -270,7 +270,9 @@ static void reload(bd_grpc *g, bd_incoming *in) {
   }
   if (tok) {
     bd_reply(g, in, GRPC_STATUS_UNAUTHENTICATED,
-             "reload needs metadata authorization: Bearer <server.admin_token>", NULL, 0);
+             auth ? "the authorization metadata's bearer token is not server.admin_token"
+                  : "reload needs metadata authorization: Bearer <server.admin_token>",
+             NULL, 0);
     return;
   }
   bd_reload_result res;

@@ -634,6 +634,8 @@ def test_admin_reload(ctx):
             raise h.Fail(f"Reload RPC with {bad or 'no'} token succeeded")
         except grpc.RpcError as e:
             expect(e.code() == SC.UNAUTHENTICATED, f"Reload RPC with {bad or 'no'} token: {e.code()}")
+            says = "needs metadata authorization" if bad is None else "is not server.admin_token"
+            expect(says in e.details(), f"Reload RPC with {bad or 'no'} token: {e.details()!r}")
     token = ctx.d.require_token()
     st, body = ctx.d.reload_http(token)
     expect(st == 200 and isinstance(body, dict) and body.get("ok") is True, f"reload: {st} {body!r}")

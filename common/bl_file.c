@@ -10,7 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-bl_status bl_map_file(const char *path, size_t min_size, const char *what, bl_map *out, bl_err *err) {
+bl_status bl_map_file(const char *path, size_t min_size, const char *what, bl_map *out,
+                      bl_err *err) {
   *out = (bl_map){0};
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return bl_fail(err, BL_EIO, "%s: cannot open: %s", path, strerror(errno));
@@ -27,8 +28,10 @@ bl_status bl_map_file(const char *path, size_t min_size, const char *what, bl_ma
     st = bl_fail(err, BL_ERANGE, "%s: file too large to map", path);
   } else {
     void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (m == MAP_FAILED) st = bl_fail(err, BL_EIO, "%s: cannot map: %s", path, strerror(errno));
-    else *out = (bl_map){m, (size_t)sb.st_size};
+    if (m == MAP_FAILED)
+      st = bl_fail(err, BL_EIO, "%s: cannot map: %s", path, strerror(errno));
+    else
+      *out = (bl_map){m, (size_t)sb.st_size};
   }
   close(fd);
   return st;

@@ -9,7 +9,9 @@
 
 static _Atomic int g_level = BL_LOG_INFO;
 
-void bl_log_set_level(bl_log_level lvl) { atomic_store_explicit(&g_level, lvl, memory_order_relaxed); }
+void bl_log_set_level(bl_log_level lvl) {
+  atomic_store_explicit(&g_level, lvl, memory_order_relaxed);
+}
 
 void bl_log(bl_log_level lvl, const char *fmt, ...) {
   if ((int)lvl < atomic_load_explicit(&g_level, memory_order_relaxed)) return;

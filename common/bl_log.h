@@ -8,14 +8,13 @@ void bl_log_set_level(bl_log_level lvl);
 void bl_log(bl_log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Check a status-returning expression; on failure log where and jump to fail. */
-#define BL_TRY(expr)                                                              \
-  do {                                                                            \
-    st = (expr);                                                                  \
-    if (st != BL_OK) {                                                            \
-      bl_log(BL_LOG_DEBUG, "%s:%d: %s -> %s", __FILE__, __LINE__, #expr,          \
-             bl_status_str(st));                                                  \
-      goto fail;                                                                  \
-    }                                                                             \
+#define BL_TRY(expr)                                                                               \
+  do {                                                                                             \
+    st = (expr);                                                                                   \
+    if (st != BL_OK) {                                                                             \
+      bl_log(BL_LOG_DEBUG, "%s:%d: %s -> %s", __FILE__, __LINE__, #expr, bl_status_str(st));       \
+      goto fail;                                                                                   \
+    }                                                                                              \
   } while (0)
 
 #endif

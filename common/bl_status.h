@@ -11,15 +11,15 @@
 
 typedef enum bl_status {
   BL_OK = 0,
-  BL_AGAIN,       /* nothing wrong, retry later (e.g. no KV blocks this step) */
-  BL_EINVAL,      /* bad argument or malformed input */
-  BL_ENOMEM,      /* allocation failed */
-  BL_EIO,         /* file could not be opened, read or mapped */
-  BL_EFORMAT,     /* file opened but its content is wrong (truncated, bad shape) */
-  BL_EUNSUPPORTED,/* valid but not handled (unknown architecture, dtype) */
-  BL_EDEVICE,     /* a device call failed */
-  BL_ERANGE,      /* value outside limits */
-  BL_ECANCELED,   /* the caller cancelled the work */
+  BL_AGAIN,        /* nothing wrong, retry later (e.g. no KV blocks this step) */
+  BL_EINVAL,       /* bad argument or malformed input */
+  BL_ENOMEM,       /* allocation failed */
+  BL_EIO,          /* file could not be opened, read or mapped */
+  BL_EFORMAT,      /* file opened but its content is wrong (truncated, bad shape) */
+  BL_EUNSUPPORTED, /* valid but not handled (unknown architecture, dtype) */
+  BL_EDEVICE,      /* a device call failed */
+  BL_ERANGE,       /* value outside limits */
+  BL_ECANCELED,    /* the caller cancelled the work */
 } bl_status;
 
 const char *bl_status_str(bl_status s);

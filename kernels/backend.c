@@ -22,11 +22,13 @@ void bk_pack_row(bk_wfmt f, const uint8_t *vals, int32_t cols, uint8_t *out) {
     const uint8_t *v = vals + b * BK_QBLOCK;
     if (f == BK_WF_W4) {
       uint8_t *o = out + b * 16;
-      for (int j = 0; j < 16; j++) o[j] = (uint8_t)((v[j] & 15) | (v[j + 16] & 15) << 4);
+      for (int j = 0; j < 16; j++)
+        o[j] = (uint8_t)((v[j] & 15) | (v[j + 16] & 15) << 4);
     } else {
       uint8_t *o = out + b * 8;
       for (int j = 0; j < 8; j++)
-        o[j] = (uint8_t)((v[j] & 3) | (v[j + 8] & 3) << 2 | (v[j + 16] & 3) << 4 | (v[j + 24] & 3) << 6);
+        o[j] = (uint8_t)((v[j] & 3) | (v[j + 8] & 3) << 2 | (v[j + 16] & 3) << 4 |
+                         (v[j + 24] & 3) << 6);
     }
   }
 }
@@ -43,7 +45,8 @@ void bk_unpack_row(bk_wfmt f, const uint8_t *packed, int32_t cols, uint8_t *vals
     } else {
       const uint8_t *p = packed + b * 8;
       for (int j = 0; j < 8; j++)
-        for (int s = 0; s < 4; s++) v[j + 8 * s] = (p[j] >> (2 * s)) & 3;
+        for (int s = 0; s < 4; s++)
+          v[j + 8 * s] = (p[j] >> (2 * s)) & 3;
     }
   }
 }
@@ -51,7 +54,8 @@ void bk_unpack_row(bk_wfmt f, const uint8_t *packed, int32_t cols, uint8_t *vals
 void bk_weight_row_f32(const bk_weight *w, int32_t r, float *out) {
   if (w->fmt == BK_WF_F16) {
     const uint16_t *row = (const uint16_t *)w->q + (size_t)r * (size_t)w->cols;
-    for (int32_t k = 0; k < w->cols; k++) out[k] = bl_half_to_float(row[k]);
+    for (int32_t k = 0; k < w->cols; k++)
+      out[k] = bl_half_to_float(row[k]);
     return;
   }
   const uint8_t *row = (const uint8_t *)w->q + (size_t)r * bk_weight_row_bytes(w->fmt, w->cols);
@@ -62,6 +66,7 @@ void bk_weight_row_f32(const bk_weight *w, int32_t r, float *out) {
     float s = bl_half_to_float(w->scales[(size_t)r * ng + g]);
     float m = bl_half_to_float(w->mins[(size_t)r * ng + g]);
     bk_unpack_row(w->fmt, row + (size_t)b * BK_QBLOCK * bk_wfmt_bits(w->fmt) / 8, BK_QBLOCK, vals);
-    for (int j = 0; j < BK_QBLOCK; j++) out[b * BK_QBLOCK + j] = s * (float)vals[j] + m;
+    for (int j = 0; j < BK_QBLOCK; j++)
+      out[b * BK_QBLOCK + j] = s * (float)vals[j] + m;
   }
 }

@@ -94,7 +94,8 @@ bl_status kv_seq_reserve(kv_pool *p, kv_seq *s, int32_t n_tokens) {
   if (need > p->n_free) return BL_AGAIN;
   if (s->n_blocks + need > s->cap) {
     int32_t cap = s->cap ? s->cap : 8;
-    while (cap < s->n_blocks + need) cap *= 2;
+    while (cap < s->n_blocks + need)
+      cap *= 2;
     int32_t *nb = realloc(s->blocks, (size_t)cap * sizeof *nb);
     if (!nb) return BL_ENOMEM;
     s->blocks = nb;

@@ -14,11 +14,11 @@
 #include "bl_status.h"
 
 typedef struct kv_pool {
-  bk_backend *be;   /* not owned */
-  bk_kv_cache dev;  /* device storage */
+  bk_backend *be;    /* not owned */
+  bk_kv_cache dev;   /* device storage */
   int32_t *free_ids; /* stack of free block ids [n_blocks] */
   int32_t n_free;
-  int32_t *refs;     /* [n_blocks] */
+  int32_t *refs; /* [n_blocks] */
 } kv_pool;
 
 typedef struct kv_seq {

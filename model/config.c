@@ -37,16 +37,15 @@ static cJSON *read_json(const char *path, bl_err *err) {
   cJSON *j = cJSON_Parse(text);
   if (!j) {
     const char *at = cJSON_GetErrorPtr();
-    bl_fail(err, BL_EFORMAT, "%s: invalid JSON near byte %ld", path,
-            at ? (long)(at - text) : -1L);
+    bl_fail(err, BL_EFORMAT, "%s: invalid JSON near byte %ld", path, at ? (long)(at - text) : -1L);
   }
   free(text);
   return j;
 }
 
 /* Integer field: required unless a default >= 0 is given (-1: required). */
-static bl_status get_int(const cJSON *o, const char *path, const char *key, int64_t def,
-                         int64_t lo, int64_t hi, int32_t *out, bl_err *err) {
+static bl_status get_int(const cJSON *o, const char *path, const char *key, int64_t def, int64_t lo,
+                         int64_t hi, int32_t *out, bl_err *err) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!v || cJSON_IsNull(v)) {
     if (def < 0) return bl_fail(err, BL_EFORMAT, "%s: missing integer \"%s\"", path, key);
@@ -122,8 +121,8 @@ static bl_status rope_settings(const cJSON *j, const char *path, model_config *c
 static bl_status gptq_from_json(const cJSON *q, const char *path, gptq_info *gi, bl_err *err) {
   const cJSON *method = cJSON_GetObjectItemCaseSensitive(q, "quant_method");
   if (cJSON_IsString(method) && strcmp(method->valuestring, "gptq") != 0)
-    return bl_fail(err, BL_EUNSUPPORTED, "%s: quant_method \"%s\" is not supported (gptq is)",
-                   path, method->valuestring);
+    return bl_fail(err, BL_EUNSUPPORTED, "%s: quant_method \"%s\" is not supported (gptq is)", path,
+                   method->valuestring);
   bl_status st = get_int(q, path, "bits", -1, 2, 8, &gi->bits, err);
   if (st) return st;
   if (gi->bits != 2 && gi->bits != 4)
@@ -137,7 +136,8 @@ static bl_status gptq_from_json(const cJSON *q, const char *path, gptq_info *gi,
   const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(q, "checkpoint_format");
   gi->v2 = false;
   if (cJSON_IsString(fmt)) {
-    if (strcmp(fmt->valuestring, "gptq_v2") == 0) gi->v2 = true;
+    if (strcmp(fmt->valuestring, "gptq_v2") == 0)
+      gi->v2 = true;
     else if (strcmp(fmt->valuestring, "gptq") != 0)
       return bl_fail(err, BL_EUNSUPPORTED, "%s: checkpoint_format \"%s\" not supported", path,
                      fmt->valuestring);
@@ -159,8 +159,10 @@ bl_status config_from_hf(const char *dir, model_config *c, gptq_info *gi, bool *
     st = bl_fail(err, BL_EFORMAT, "%s: missing \"model_type\"", path);
     goto done;
   }
-  if (strcmp(arch->valuestring, "qwen3") == 0) c->arch = MODEL_ARCH_QWEN3;
-  else if (strcmp(arch->valuestring, "llama") == 0) c->arch = MODEL_ARCH_LLAMA;
+  if (strcmp(arch->valuestring, "qwen3") == 0)
+    c->arch = MODEL_ARCH_QWEN3;
+  else if (strcmp(arch->valuestring, "llama") == 0)
+    c->arch = MODEL_ARCH_LLAMA;
   else {
     st = bl_fail(err, BL_EUNSUPPORTED,
                  "%s: model_type \"%s\" is not supported (qwen3 and llama are)", path,
@@ -236,7 +238,8 @@ static bl_status gguf_u32(const gguf_file *f, const char *arch, const char *key,
   }
   bl_status st = gguf_get_u32(f, k, &v, err);
   if (st) return st;
-  if (v == 0 || v > (1u << 24)) return bl_fail(err, BL_EFORMAT, "%s: %s = %u out of range", f->path, k, v);
+  if (v == 0 || v > (1u << 24))
+    return bl_fail(err, BL_EFORMAT, "%s: %s = %u out of range", f->path, k, v);
   *out = (int32_t)v;
   return BL_OK;
 }
@@ -264,8 +267,10 @@ bl_status config_from_gguf(const gguf_file *f, model_config *c, bl_err *err) {
       (st = gguf_u32(f, arch, "embedding_length", UINT32_MAX, &c->hidden, err)) ||
       (st = gguf_u32(f, arch, "feed_forward_length", UINT32_MAX, &c->intermediate, err)) ||
       (st = gguf_u32(f, arch, "attention.head_count", UINT32_MAX, &c->n_heads, err)) ||
-      (st = gguf_u32(f, arch, "attention.head_count_kv", (uint32_t)c->n_heads, &c->n_kv_heads, err)) ||
-      (st = gguf_u32(f, arch, "attention.key_length", (uint32_t)(c->hidden / c->n_heads), &c->head_dim, err)) ||
+      (st = gguf_u32(f, arch, "attention.head_count_kv", (uint32_t)c->n_heads, &c->n_kv_heads,
+                     err)) ||
+      (st = gguf_u32(f, arch, "attention.key_length", (uint32_t)(c->hidden / c->n_heads),
+                     &c->head_dim, err)) ||
       (st = gguf_u32(f, arch, "rope.dimension_count", (uint32_t)c->head_dim, &rope_dims, err)) ||
       (st = gguf_u32(f, arch, "context_length", 4096, &c->max_ctx, err)))
     return st;
@@ -287,7 +292,9 @@ bl_status config_from_gguf(const gguf_file *f, model_config *c, bl_err *err) {
   c->tied = gguf_find_tensor(f, "output.weight") == NULL;
   uint32_t id;
   bl_err ignore = {0};
-  if (gguf_get_u32(f, "tokenizer.ggml.bos_token_id", &id, &ignore) == BL_OK) c->bos_id = (int32_t)id;
-  if (gguf_get_u32(f, "tokenizer.ggml.eos_token_id", &id, &ignore) == BL_OK) c->eos_ids[c->n_eos++] = (int32_t)id;
+  if (gguf_get_u32(f, "tokenizer.ggml.bos_token_id", &id, &ignore) == BL_OK)
+    c->bos_id = (int32_t)id;
+  if (gguf_get_u32(f, "tokenizer.ggml.eos_token_id", &id, &ignore) == BL_OK)
+    c->eos_ids[c->n_eos++] = (int32_t)id;
   return BL_OK;
 }

@@ -22,7 +22,8 @@ static bl_status add_f16_weight(st_writer *w, const char *name, const bk_weight 
   if (buf && row) {
     for (int32_t r = 0; r < src->rows; r++) {
       bk_weight_row_f32(src, r, row);
-      for (int32_t k = 0; k < src->cols; k++) buf[(size_t)r * (size_t)src->cols + (size_t)k] = bl_float_to_half(row[k]);
+      for (int32_t k = 0; k < src->cols; k++)
+        buf[(size_t)r * (size_t)src->cols + (size_t)k] = bl_float_to_half(row[k]);
     }
     int64_t shape[2] = {src->rows, src->cols};
     st = st_writer_add(w, name, ST_F16, 2, shape, buf, err);
@@ -40,7 +41,8 @@ static bl_status add_norm(st_writer *w, model *m, const char *name, const float 
   uint16_t *h16 = malloc((size_t)n * 2);
   bl_status st = host && h16 ? m->be->download(m->be, host, dev, (size_t)n * 4) : BL_ENOMEM;
   if (!st) {
-    for (int32_t i = 0; i < n; i++) h16[i] = bl_float_to_half(host[i]);
+    for (int32_t i = 0; i < n; i++)
+      h16[i] = bl_float_to_half(host[i]);
     int64_t shape[1] = {n};
     st = st_writer_add(w, name, ST_F16, 1, shape, h16, err);
   } else {
@@ -84,7 +86,8 @@ done:
 }
 
 /* Round-to-nearest: quant_row on each output row. */
-static bl_status rtn_linear(const bk_weight *src, const model_export_opts *o, qlinear *ql, bl_err *err) {
+static bl_status rtn_linear(const bk_weight *src, const model_export_opts *o, qlinear *ql,
+                            bl_err *err) {
   int32_t in = src->cols, out = src->rows, ng = in / o->group_size;
   uint16_t *row_scales = malloc((size_t)ng * 2);
   int32_t *row_zeros = malloc((size_t)ng * 4);
@@ -121,17 +124,22 @@ static bl_status emit_linear(void *ctx, int32_t layer, int lin, const qlinear *q
 static bl_status add_linears(st_writer *w, model *m, const model_export_opts *o, bl_err *err) {
   const model_config *c = &m->cfg;
   if (o->method == MODEL_QUANT_GPTQ) {
-    gptq_calib gc = {.ids = o->calib_ids, .n_ids = o->n_calib,
+    gptq_calib gc = {.ids = o->calib_ids,
+                     .n_ids = o->n_calib,
                      .seq_len = o->calib_seq_len > 0 ? o->calib_seq_len : 256,
-                     .p = {.bits = o->bits, .group_size = o->group_size, .sym = o->sym,
-                           .damp = o->damp > 0 ? o->damp : 0.01, .n_threads = o->n_threads},
+                     .p = {.bits = o->bits,
+                           .group_size = o->group_size,
+                           .sym = o->sym,
+                           .damp = o->damp > 0 ? o->damp : 0.01,
+                           .n_threads = o->n_threads},
                      .verbose = o->verbose};
     return model_gptq_run(m, &gc, emit_linear, w, err);
   }
   bl_status st = BL_OK;
   for (int32_t l = 0; l < c->n_layers && !st; l++) {
     model_layer *ly = &m->layers[l];
-    const bk_weight *ws[MODEL_LIN_N] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->gate, &ly->up, &ly->down};
+    const bk_weight *ws[MODEL_LIN_N] = {&ly->wq,   &ly->wk, &ly->wv,  &ly->wo,
+                                        &ly->gate, &ly->up, &ly->down};
     for (int i = 0; i < MODEL_LIN_N && !st; i++) {
       qlinear ql = {0};
       if (!(st = rtn_linear(ws[i], o, &ql, err))) st = add_linear(w, l, i, &ql, err);
@@ -162,13 +170,15 @@ static bl_status write_json(const char *dir, const char *file, cJSON *j, bl_err 
   char *text = cJSON_Print(j);
   FILE *f = fopen(path, "w");
   bl_status st = BL_OK;
-  if (!text || !f || fputs(text, f) < 0 || fputc('\n', f) == EOF) st = bl_fail(err, BL_EIO, "%s: cannot write", path);
+  if (!text || !f || fputs(text, f) < 0 || fputc('\n', f) == EOF)
+    st = bl_fail(err, BL_EIO, "%s: cannot write", path);
   if (f && fclose(f) != 0 && !st) st = bl_fail(err, BL_EIO, "%s: cannot write", path);
   free(text);
   return st;
 }
 
-static bl_status write_config(const model *m, const char *dir, const model_export_opts *o, bl_err *err) {
+static bl_status write_config(const model *m, const char *dir, const model_export_opts *o,
+                              bl_err *err) {
   const model_config *c = &m->cfg;
   bool qwen = c->arch == MODEL_ARCH_QWEN3;
   cJSON *j = cJSON_CreateObject();
@@ -190,8 +200,10 @@ static bl_status write_config(const model *m, const char *dir, const model_expor
   cJSON_AddBoolToObject(j, "attention_bias", false);
   cJSON_AddStringToObject(j, "torch_dtype", "float16");
   if (c->bos_id >= 0) cJSON_AddNumberToObject(j, "bos_token_id", c->bos_id);
-  if (c->n_eos == 1) cJSON_AddNumberToObject(j, "eos_token_id", c->eos_ids[0]);
-  else if (c->n_eos > 1) cJSON_AddItemToObject(j, "eos_token_id", cJSON_CreateIntArray(c->eos_ids, c->n_eos));
+  if (c->n_eos == 1)
+    cJSON_AddNumberToObject(j, "eos_token_id", c->eos_ids[0]);
+  else if (c->n_eos > 1)
+    cJSON_AddItemToObject(j, "eos_token_id", cJSON_CreateIntArray(c->eos_ids, c->n_eos));
   cJSON_AddItemToObject(j, "quantization_config", quant_json(o));
   bl_status st = write_json(dir, "config.json", j, err);
   cJSON_Delete(j);
@@ -204,7 +216,8 @@ static bl_status write_config(const model *m, const char *dir, const model_expor
 
 bl_status model_export_gptq(model *m, const char *dir, const model_export_opts *o, bl_err *err) {
   const model_config *c = &m->cfg;
-  if (o->bits != 2 && o->bits != 4) return bl_fail(err, BL_EINVAL, "quantize: --bits must be 2 or 4");
+  if (o->bits != 2 && o->bits != 4)
+    return bl_fail(err, BL_EINVAL, "quantize: --bits must be 2 or 4");
   int32_t widths[] = {c->hidden, c->intermediate, c->n_heads * c->head_dim};
   for (int i = 0; i < 3; i++)
     if (o->group_size <= 0 || o->group_size % BK_QBLOCK || widths[i] % o->group_size)

@@ -23,9 +23,18 @@ typedef enum gguf_ttype {
 
 /* Metadata value types (values are the file's). */
 typedef enum gguf_vtype {
-  GGUF_V_UINT8 = 0, GGUF_V_INT8 = 1, GGUF_V_UINT16 = 2, GGUF_V_INT16 = 3,
-  GGUF_V_UINT32 = 4, GGUF_V_INT32 = 5, GGUF_V_FLOAT32 = 6, GGUF_V_BOOL = 7,
-  GGUF_V_STRING = 8, GGUF_V_ARRAY = 9, GGUF_V_UINT64 = 10, GGUF_V_INT64 = 11,
+  GGUF_V_UINT8 = 0,
+  GGUF_V_INT8 = 1,
+  GGUF_V_UINT16 = 2,
+  GGUF_V_INT16 = 3,
+  GGUF_V_UINT32 = 4,
+  GGUF_V_INT32 = 5,
+  GGUF_V_FLOAT32 = 6,
+  GGUF_V_BOOL = 7,
+  GGUF_V_STRING = 8,
+  GGUF_V_ARRAY = 9,
+  GGUF_V_UINT64 = 10,
+  GGUF_V_INT64 = 11,
   GGUF_V_FLOAT64 = 12,
 } gguf_vtype;
 
@@ -46,9 +55,9 @@ typedef struct gguf_kv {
 typedef struct gguf_tensor {
   gguf_str name;
   uint32_t n_dims;
-  uint64_t ne[4];      /* ggml order: ne[0] is the contiguous (innermost) dim */
+  uint64_t ne[4]; /* ggml order: ne[0] is the contiguous (innermost) dim */
   gguf_ttype type;
-  const void *data;    /* in the mapping, aligned */
+  const void *data; /* in the mapping, aligned */
   size_t nbytes;
 } gguf_tensor;
 

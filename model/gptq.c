@@ -48,7 +48,8 @@ bl_status gptq_find(const st_set *st, const char *prefix, const gptq_info *gi, g
   const char *f = g->qweight->file;
   if (g->scales->shape[0] != g->n_groups || g->scales->shape[1] != g->out)
     return bl_fail(err, BL_EFORMAT, "%s: %s.scales is [%lld, %lld], expected [%d, %d]", f, prefix,
-                   (long long)g->scales->shape[0], (long long)g->scales->shape[1], g->n_groups, g->out);
+                   (long long)g->scales->shape[0], (long long)g->scales->shape[1], g->n_groups,
+                   g->out);
   if (g->out % per || g->qzeros->shape[0] != g->n_groups || g->qzeros->shape[1] != g->out / per)
     return bl_fail(err, BL_EFORMAT, "%s: %s.qzeros is [%lld, %lld], expected [%d, %d]", f, prefix,
                    (long long)g->qzeros->shape[0], (long long)g->qzeros->shape[1], g->n_groups,
@@ -96,7 +97,8 @@ static bl_status group_order(const gptq_linear *g, int32_t **perm_out, bl_err *e
   *perm_out = NULL;
   if (!g->g_idx) return BL_OK;
   bool trivial = true;
-  for (int32_t k = 0; k < g->in && trivial; k++) trivial = gptq_group(g, k) == k / g->group_size;
+  for (int32_t k = 0; k < g->in && trivial; k++)
+    trivial = gptq_group(g, k) == k / g->group_size;
   if (trivial) return BL_OK;
   int32_t *count = calloc((size_t)g->n_groups + 1, sizeof *count);
   int32_t *perm = malloc((size_t)g->in * sizeof *perm);
@@ -105,7 +107,8 @@ static bl_status group_order(const gptq_linear *g, int32_t **perm_out, bl_err *e
     free(perm);
     return bl_fail(err, BL_ENOMEM, "GPTQ act-order: out of memory");
   }
-  for (int32_t k = 0; k < g->in; k++) count[gptq_group(g, k) + 1]++;
+  for (int32_t k = 0; k < g->in; k++)
+    count[gptq_group(g, k) + 1]++;
   for (int32_t i = 0; i < g->n_groups; i++) {
     if (count[i + 1] != g->group_size) {
       int32_t rows = count[i + 1];
@@ -116,7 +119,8 @@ static bl_status group_order(const gptq_linear *g, int32_t **perm_out, bl_err *e
     }
     count[i + 1] += count[i];
   }
-  for (int32_t k = 0; k < g->in; k++) perm[count[gptq_group(g, k)]++] = k;
+  for (int32_t k = 0; k < g->in; k++)
+    perm[count[gptq_group(g, k)]++] = k;
   free(count);
   *perm_out = perm;
   return BL_OK;
@@ -156,12 +160,14 @@ bl_status gptq_to_weight(const gptq_linear *g, const gptq_info *gi, model_store 
       for (int32_t dn = 0; dn < nt; dn++) {
         uint32_t word = qw[(size_t)r * (size_t)g->out + (size_t)(n0 + dn)];
         for (int32_t j = 0; j < per; j++)
-          tile[(size_t)dn * (size_t)g->in + (size_t)(r * per + j)] = (uint8_t)((word >> (gi->bits * j)) & (uint32_t)mask);
+          tile[(size_t)dn * (size_t)g->in + (size_t)(r * per + j)] =
+              (uint8_t)((word >> (gi->bits * j)) & (uint32_t)mask);
       }
     for (int32_t dn = 0; dn < nt; dn++) {
       int32_t n = n0 + dn;
       const uint8_t *src = tile + (size_t)dn * (size_t)g->in;
-      for (int32_t j = 0; j < g->in; j++) vals[j] = src[perm ? perm[j] : j];
+      for (int32_t j = 0; j < g->in; j++)
+        vals[j] = src[perm ? perm[j] : j];
       bk_pack_row(fmt, vals, g->in, q + (size_t)n * row_bytes);
       for (int32_t grp = 0; grp < ng; grp++) {
         /* A packed group holds the rows of one GPTQ group (perm sorts them so). */
@@ -173,8 +179,14 @@ bl_status gptq_to_weight(const gptq_linear *g, const gptq_info *gi, model_store 
     }
   }
   if (perm) memcpy(kept_perm, perm, (size_t)g->in * sizeof *perm);
-  *w = (bk_weight){.fmt = fmt, .rows = g->out, .cols = g->in, .group_size = g->group_size,
-                   .q = q, .scales = scales, .mins = mins, .perm = kept_perm};
+  *w = (bk_weight){.fmt = fmt,
+                   .rows = g->out,
+                   .cols = g->in,
+                   .group_size = g->group_size,
+                   .q = q,
+                   .scales = scales,
+                   .mins = mins,
+                   .perm = kept_perm};
 done:
   free(perm);
   free(tile);
@@ -198,7 +210,9 @@ void gptq_pack_v1(int32_t bits, int32_t in, int32_t out, int32_t group_size, con
       /* v1 stores zero - 1; zeros are kept in [1, 2^bits] by quant_row's
        * callers so the stored value fits the field. */
       uint32_t v = (uint32_t)(zeros[(size_t)grp * (size_t)out + (size_t)n] - 1) & (uint32_t)mask;
-      ((uint32_t *)qzeros)[(size_t)grp * (size_t)(out / per) + (size_t)(n / per)] |= v << (bits * (n % per));
+      ((uint32_t *)qzeros)[(size_t)grp * (size_t)(out / per) + (size_t)(n / per)] |=
+          v << (bits * (n % per));
     }
-  for (int32_t k = 0; k < in; k++) g_idx[k] = k / group_size;
+  for (int32_t k = 0; k < in; k++)
+    g_idx[k] = k / group_size;
 }

@@ -129,8 +129,8 @@ static bl_status find_mat(loader *L, const char *name, int32_t rows, int32_t col
   src->file = t->file;
   if (t->n_dims != 2 || t->shape[0] != rows || t->shape[1] != cols)
     return bl_fail(err, BL_EFORMAT, "%s: tensor %s has shape [%lld, %lld], expected [%d, %d]",
-                   t->file, nm, (long long)t->shape[0], (long long)(t->n_dims > 1 ? t->shape[1] : 0),
-                   rows, cols);
+                   t->file, nm, (long long)t->shape[0],
+                   (long long)(t->n_dims > 1 ? t->shape[1] : 0), rows, cols);
   if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
     return bl_fail(err, BL_EUNSUPPORTED, "%s: tensor %s has dtype %s (F32, F16 or BF16 expected)",
                    t->file, nm, st_dtype_name(t->dtype));
@@ -150,21 +150,26 @@ static bl_status load_vec(loader *L, const char *name, int32_t n, float **dev, b
   if (L->gguf) {
     const gguf_tensor *t = gguf_find_tensor(m->store->gguf, name);
     file = m->store->gguf->path;
-    if (!t) st = bl_fail(err, BL_EFORMAT, "%s: missing tensor %s", file, name);
+    if (!t)
+      st = bl_fail(err, BL_EFORMAT, "%s: missing tensor %s", file, name);
     else if (t->n_dims != 1 || t->ne[0] != (uint64_t)n)
       st = bl_fail(err, BL_EFORMAT, "%s: tensor %s has %llu elements, expected %d", file, name,
                    (unsigned long long)t->ne[0], n);
     else if (t->type != GGUF_T_F32 && t->type != GGUF_T_F16 && t->type != GGUF_T_BF16)
-      st = bl_fail(err, BL_EUNSUPPORTED, "%s: tensor %s: norm weights must be F32/F16/BF16", file, name);
-    else gguf_dequant(t->type, t->data, host, (size_t)n);
+      st = bl_fail(err, BL_EUNSUPPORTED, "%s: tensor %s: norm weights must be F32/F16/BF16", file,
+                   name);
+    else
+      gguf_dequant(t->type, t->data, host, (size_t)n);
   } else {
     const st_tensor *t = st_find(m->store->st, name);
-    if (!t) st = bl_fail(err, BL_EFORMAT, "%s: missing tensor %s", file, name);
+    if (!t)
+      st = bl_fail(err, BL_EFORMAT, "%s: missing tensor %s", file, name);
     else if (t->n_dims != 1 || t->shape[0] != n)
       st = bl_fail(err, BL_EFORMAT, "%s: tensor %s has shape [%lld], expected [%d]", t->file, name,
                    (long long)t->shape[0], n);
     else if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
-      st = bl_fail(err, BL_EUNSUPPORTED, "%s: tensor %s has dtype %s", t->file, name, st_dtype_name(t->dtype));
+      st = bl_fail(err, BL_EUNSUPPORTED, "%s: tensor %s has dtype %s", t->file, name,
+                   st_dtype_name(t->dtype));
     else {
       src_mat v = {.kind = SRC_ST, .rows = 1, .cols = n, .data = t->data, .st_type = t->dtype};
       src_row_f32(&v, 0, host);
@@ -172,8 +177,10 @@ static bl_status load_vec(loader *L, const char *name, int32_t n, float **dev, b
   }
   if (st == BL_OK) {
     *dev = m->be->alloc(m->be, (size_t)n * sizeof(float));
-    if (!*dev) st = bl_fail(err, BL_ENOMEM, "%s: cannot allocate %s on %s", file, name, m->be->name);
-    else st = m->be->upload(m->be, *dev, host, (size_t)n * sizeof(float));
+    if (!*dev)
+      st = bl_fail(err, BL_ENOMEM, "%s: cannot allocate %s on %s", file, name, m->be->name);
+    else
+      st = m->be->upload(m->be, *dev, host, (size_t)n * sizeof(float));
   }
   free(host);
   return st;
@@ -203,26 +210,34 @@ static bl_status load_layers(loader *L, model_prec prec, int32_t gs, bool sym, b
       const linear_role *role = &k_linears[r];
       int32_t rows, cols;
       role_dims(c, role->shape, &rows, &cols);
-      if (L->gguf) snprintf(name, sizeof name, "blk.%d.%s.weight", i, role->gguf);
-      else snprintf(name, sizeof name, "model.layers.%d.%s", i, role->hf);
+      if (L->gguf)
+        snprintf(name, sizeof name, "blk.%d.%s.weight", i, role->gguf);
+      else
+        snprintf(name, sizeof name, "model.layers.%d.%s", i, role->hf);
       src_mat src;
       if ((st = find_mat(L, name, rows, cols, &src, err))) return st;
-      if (L->gguf && c->arch == MODEL_ARCH_LLAMA && (role->shape == SH_QD || role->shape == SH_KVD) &&
+      if (L->gguf && c->arch == MODEL_ARCH_LLAMA &&
+          (role->shape == SH_QD || role->shape == SH_KVD) &&
           role->offset != offsetof(model_layer, wv))
         src.row_perm_heads = role->shape == SH_QD ? c->n_heads : c->n_kv_heads;
       bk_weight *w = (bk_weight *)((char *)ly + role->offset);
       if ((st = load_matrix(&src, fmt, gs, sym, m->store, w, err))) return st;
     }
     const char *an = L->gguf ? "blk.%d.attn_norm.weight" : "model.layers.%d.input_layernorm.weight";
-    const char *fn = L->gguf ? "blk.%d.ffn_norm.weight" : "model.layers.%d.post_attention_layernorm.weight";
+    const char *fn =
+        L->gguf ? "blk.%d.ffn_norm.weight" : "model.layers.%d.post_attention_layernorm.weight";
     snprintf(name, sizeof name, an, i);
     if ((st = load_vec(L, name, c->hidden, &ly->attn_norm, err))) return st;
     snprintf(name, sizeof name, fn, i);
     if ((st = load_vec(L, name, c->hidden, &ly->ffn_norm, err))) return st;
     if (c->qk_norm) {
-      snprintf(name, sizeof name, L->gguf ? "blk.%d.attn_q_norm.weight" : "model.layers.%d.self_attn.q_norm.weight", i);
+      snprintf(name, sizeof name,
+               L->gguf ? "blk.%d.attn_q_norm.weight" : "model.layers.%d.self_attn.q_norm.weight",
+               i);
       if ((st = load_vec(L, name, c->head_dim, &ly->q_norm, err))) return st;
-      snprintf(name, sizeof name, L->gguf ? "blk.%d.attn_k_norm.weight" : "model.layers.%d.self_attn.k_norm.weight", i);
+      snprintf(name, sizeof name,
+               L->gguf ? "blk.%d.attn_k_norm.weight" : "model.layers.%d.self_attn.k_norm.weight",
+               i);
       if ((st = load_vec(L, name, c->head_dim, &ly->k_norm, err))) return st;
     }
   }
@@ -239,8 +254,9 @@ static bl_status load_tokenizer_gguf(const gguf_file *f, tok_tokenizer **out, bl
   bl_err ignore = {0};
   gguf_get_str(f, "tokenizer.ggml.model", &model_name, &ignore);
   if (!gguf_str_eq(model_name, "gpt2"))
-    return bl_fail(err, BL_EUNSUPPORTED, "%s: tokenizer.ggml.model \"%.*s\" is not supported (gpt2 BPE is)",
-                   f->path, (int)model_name.len, model_name.ptr ? model_name.ptr : "");
+    return bl_fail(err, BL_EUNSUPPORTED,
+                   "%s: tokenizer.ggml.model \"%.*s\" is not supported (gpt2 BPE is)", f->path,
+                   (int)model_name.len, model_name.ptr ? model_name.ptr : "");
   gguf_get_str(f, "tokenizer.ggml.pre", &pre, &ignore);
   gguf_get_str(f, "tokenizer.chat_template", &chat, &ignore); /* absent: chat.ptr NULL */
   int32_t n = (int32_t)toks->arr_len, nm = merges && merges->strs ? (int32_t)merges->arr_len : 0;
@@ -256,7 +272,9 @@ static bl_status load_tokenizer_gguf(const gguf_file *f, tok_tokenizer **out, bl
     for (int32_t i = 0; i < n; i++) {
       tp[i] = toks->strs[i].ptr;
       tl[i] = toks->strs[i].len;
-      if (tt) tt[i] = (types && (uint64_t)i < types->arr_len) ? (int32_t)gguf_arr_int(types, (uint64_t)i) : TOK_NORMAL;
+      if (tt)
+        tt[i] = (types && (uint64_t)i < types->arr_len) ? (int32_t)gguf_arr_int(types, (uint64_t)i)
+                                                        : TOK_NORMAL;
     }
     for (int32_t i = 0; i < nm; i++) {
       mp[i] = merges->strs[i].ptr;
@@ -265,11 +283,18 @@ static bl_status load_tokenizer_gguf(const gguf_file *f, tok_tokenizer **out, bl
     uint32_t bos = UINT32_MAX, eos = UINT32_MAX;
     gguf_get_u32(f, "tokenizer.ggml.bos_token_id", &bos, &ignore);
     gguf_get_u32(f, "tokenizer.ggml.eos_token_id", &eos, &ignore);
-    tok_vocab_src src = {.n_tokens = n, .tokens = tp, .token_lens = tl, .token_types = tt,
-                         .n_merges = nm, .merges = mp, .merge_lens = ml, .pre = pre_name,
+    tok_vocab_src src = {.n_tokens = n,
+                         .tokens = tp,
+                         .token_lens = tl,
+                         .token_types = tt,
+                         .n_merges = nm,
+                         .merges = mp,
+                         .merge_lens = ml,
+                         .pre = pre_name,
                          .bos_id = bos == UINT32_MAX ? -1 : (int32_t)bos,
                          .eos_id = eos == UINT32_MAX ? -1 : (int32_t)eos,
-                         .chat_template = chat.ptr, .chat_template_len = chat.len};
+                         .chat_template = chat.ptr,
+                         .chat_template_len = chat.len};
     st = tok_build(&src, out, err);
   } else {
     bl_fail(err, st, "%s: out of memory reading the tokenizer", f->path);
@@ -349,16 +374,19 @@ bl_status model_load(const char *path, const model_load_opts *opts, bk_backend *
     if ((st = gguf_open(path, &m->store->gguf, err))) goto fail;
     if ((st = config_from_gguf(m->store->gguf, &m->cfg, err))) goto fail;
     stored = gguf_stored_prec(m->store->gguf);
-    if (!opts->tokenizer_path && (st = load_tokenizer_gguf(m->store->gguf, &m->tok, err))) goto fail;
+    if (!opts->tokenizer_path && (st = load_tokenizer_gguf(m->store->gguf, &m->tok, err)))
+      goto fail;
   } else {
     if ((st = config_from_hf(path, &m->cfg, &L.gi, &L.is_gptq, err))) goto fail;
     if ((st = st_open_dir(path, &m->store->st, err))) goto fail;
     stored = L.is_gptq ? (L.gi.bits == 4 ? MODEL_PREC_W4 : MODEL_PREC_W2) : MODEL_PREC_FP16;
     char tj[4096];
     snprintf(tj, sizeof tj, "%s/tokenizer.json", path);
-    if (!opts->tokenizer_path && stat(tj, &sb) == 0 && (st = tok_load_json(tj, &m->tok, err))) goto fail;
+    if (!opts->tokenizer_path && stat(tj, &sb) == 0 && (st = tok_load_json(tj, &m->tok, err)))
+      goto fail;
   }
-  if (opts->tokenizer_path && (st = model_load_tokenizer(opts->tokenizer_path, &m->tok, err))) goto fail;
+  if (opts->tokenizer_path && (st = model_load_tokenizer(opts->tokenizer_path, &m->tok, err)))
+    goto fail;
   model_config *c = &m->cfg;
   m->prec = opts->precision == MODEL_PREC_AUTO ? stored : opts->precision;
   m->group_size = 0;
@@ -368,7 +396,8 @@ bl_status model_load(const char *path, const model_load_opts *opts, bk_backend *
   } else if (m->prec != MODEL_PREC_FP16) {
     m->group_size = opts->group_size ? opts->group_size : model_auto_group_size(c);
     if (m->group_size <= 0) {
-      st = bl_fail(err, BL_EUNSUPPORTED, "%s: no group size of 32/64/128 divides the layer widths", path);
+      st = bl_fail(err, BL_EUNSUPPORTED, "%s: no group size of 32/64/128 divides the layer widths",
+                   path);
       goto fail;
     }
   }
@@ -391,10 +420,12 @@ bl_status model_load(const char *path, const model_load_opts *opts, bk_backend *
         (st = load_matrix(&src, BK_WF_F16, 0, false, m->store, &m->lm_head, err)))
       goto fail;
   }
-  if ((st = load_vec(&L, L.gguf ? "output_norm.weight" : "model.norm.weight", c->hidden, &m->final_norm, err)))
+  if ((st = load_vec(&L, L.gguf ? "output_norm.weight" : "model.norm.weight", c->hidden,
+                     &m->final_norm, err)))
     goto fail;
   if ((st = model_prepare_weights(m, err))) goto fail;
-  if (m->tok && c->n_eos == 0 && tok_eos_id(m->tok) >= 0) c->eos_ids[c->n_eos++] = tok_eos_id(m->tok);
+  if (m->tok && c->n_eos == 0 && tok_eos_id(m->tok) >= 0)
+    c->eos_ids[c->n_eos++] = tok_eos_id(m->tok);
   *out = m;
   return BL_OK;
 fail:
@@ -425,7 +456,8 @@ void model_free(model *m) {
   if (m->final_norm) be->free(be, m->final_norm);
   model_scratch_free(m);
   if (m->store) {
-    for (size_t i = 0; i < m->store->n_owned; i++) free(m->store->owned[i]);
+    for (size_t i = 0; i < m->store->n_owned; i++)
+      free(m->store->owned[i]);
     free(m->store->owned);
     st_close(m->store->st);
     gguf_close(m->store->gguf);
@@ -442,7 +474,8 @@ uint64_t model_weight_bytes(const model *m) {
     for (size_t r = 0; r < sizeof k_linears / sizeof *k_linears; r++) {
       const bk_weight *w = (const bk_weight *)((const char *)&m->layers[i] + k_linears[r].offset);
       total += bk_weight_row_bytes(w->fmt, w->cols) * (uint64_t)w->rows;
-      if (w->fmt != BK_WF_F16) total += 4ull * (uint64_t)w->rows * (uint64_t)(w->cols / w->group_size);
+      if (w->fmt != BK_WF_F16)
+        total += 4ull * (uint64_t)w->rows * (uint64_t)(w->cols / w->group_size);
     }
   return total + 2ull * (uint64_t)m->lm_head.rows * (uint64_t)m->lm_head.cols;
 }

@@ -37,8 +37,8 @@ typedef struct model_config {
   int32_t vocab;   /* rows of embed/lm_head */
   int32_t max_ctx; /* max_position_embeddings / context_length */
   float rope_theta, norm_eps;
-  bool tied;    /* lm_head shares embed_tokens */
-  bool qk_norm; /* per-head q/k RMSNorm (qwen3) */
+  bool tied;      /* lm_head shares embed_tokens */
+  bool qk_norm;   /* per-head q/k RMSNorm (qwen3) */
   int32_t bos_id; /* -1: none */
   int32_t eos_ids[MODEL_MAX_EOS];
   int32_t n_eos;
@@ -83,15 +83,15 @@ typedef struct model_capture {
 
 typedef struct model {
   model_config cfg;
-  model_prec prec;         /* precision of the linear layers as loaded */
-  int32_t group_size;      /* of quantized linears (0 for fp16) */
+  model_prec prec;    /* precision of the linear layers as loaded */
+  int32_t group_size; /* of quantized linears (0 for fp16) */
   char *path;
-  bk_backend *be;          /* not owned */
-  bk_weight embed;         /* fp16 [vocab, hidden] */
-  bk_weight lm_head;       /* fp16 [vocab, hidden]; shares embed's data when tied */
-  float *final_norm;       /* device f32 [hidden] */
-  model_layer *layers;     /* [n_layers] */
-  tok_tokenizer *tok;      /* NULL when the model carries none */
+  bk_backend *be;      /* not owned */
+  bk_weight embed;     /* fp16 [vocab, hidden] */
+  bk_weight lm_head;   /* fp16 [vocab, hidden]; shares embed's data when tied */
+  float *final_norm;   /* device f32 [hidden] */
+  model_layer *layers; /* [n_layers] */
+  tok_tokenizer *tok;  /* NULL when the model carries none */
   model_store *store;
   model_scratch *scratch;
   const model_capture *capture; /* NULL normally; not owned */
@@ -134,9 +134,9 @@ typedef struct model_batch {
   int32_t n_tok;
   const int32_t *ids, *pos, *seq, *slots; /* [n_tok] */
   int32_t n_seq, max_blocks;
-  const int32_t *block_tables;            /* [n_seq][max_blocks] */
+  const int32_t *block_tables; /* [n_seq][max_blocks] */
   int32_t n_out;
-  const int32_t *out_tok;                 /* [n_out] token indices into this step */
+  const int32_t *out_tok; /* [n_out] token indices into this step */
 } model_batch;
 
 bl_status model_forward(model *m, const bk_kv_cache *kv, const model_batch *b, float *logits,

@@ -127,8 +127,16 @@ bl_status gptq_solve(const gptq_params *p, float *W, double *H, qlinear *ql, dou
 /* ---- GPTQ over a model (calibrate.c) ------------------------------------ */
 
 /* The seven linears of a decoder layer, in the order their inputs appear. */
-enum { MODEL_LIN_Q, MODEL_LIN_K, MODEL_LIN_V, MODEL_LIN_O, MODEL_LIN_GATE, MODEL_LIN_UP,
-       MODEL_LIN_DOWN, MODEL_LIN_N };
+enum {
+  MODEL_LIN_Q,
+  MODEL_LIN_K,
+  MODEL_LIN_V,
+  MODEL_LIN_O,
+  MODEL_LIN_GATE,
+  MODEL_LIN_UP,
+  MODEL_LIN_DOWN,
+  MODEL_LIN_N
+};
 extern const char *const model_linear_hf[MODEL_LIN_N];    /* "self_attn.q_proj", ... */
 extern const char *const model_linear_short[MODEL_LIN_N]; /* "q", ..., "down" */
 
@@ -140,7 +148,8 @@ typedef struct gptq_calib {
 } gptq_calib;
 
 /* Receives each quantized linear (ql is freed after the call returns). */
-typedef bl_status (*gptq_emit_fn)(void *ctx, int32_t layer, int lin, const qlinear *ql, bl_err *err);
+typedef bl_status (*gptq_emit_fn)(void *ctx, int32_t layer, int lin, const qlinear *ql,
+                                  bl_err *err);
 
 /* Sequential GPTQ of every linear of m (an fp16 model), layer by layer on
  * the calibration tokens; m's linears are replaced by their quantized
@@ -163,12 +172,12 @@ typedef struct src_mat {
   const char *file;
   char name[256];
   int32_t rows, cols;
-  const void *data;        /* ST / GGUF */
+  const void *data; /* ST / GGUF */
   st_dtype st_type;
   gguf_ttype gg_type;
-  gptq_linear gq;          /* GPTQ */
+  gptq_linear gq; /* GPTQ */
   const gptq_info *gi;
-  int32_t row_perm_heads;  /* >0: GGUF llama q/k rows to un-permute (n heads) */
+  int32_t row_perm_heads; /* >0: GGUF llama q/k rows to un-permute (n heads) */
 } src_mat;
 
 void src_row_f32(const src_mat *m, int32_t r, float *out);

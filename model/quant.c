@@ -46,6 +46,7 @@ void quant_row(const float *x, int32_t cols, int32_t bits, int32_t gs, bool sym,
     int32_t n = cols - g * gs < gs ? cols - g * gs : gs;
     quant_group_params(x + g * gs, n, bits, sym, &scales[g], &zeros[g]);
     float s = bl_half_to_float(scales[g]);
-    for (int32_t i = 0; i < n; i++) q[g * gs + i] = quant_value(x[g * gs + i], s, zeros[g], bits);
+    for (int32_t i = 0; i < n; i++)
+      q[g * gs + i] = quant_value(x[g * gs + i], s, zeros[g], bits);
   }
 }

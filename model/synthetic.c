@@ -59,7 +59,8 @@ static bl_status synth_weight(model_store *s, bk_wfmt fmt, int32_t rows, int32_t
     return BL_OK;
   }
   uint64_t *q64 = q;
-  for (size_t i = 0; i < bytes / 8; i++) q64[i] = rng_next(rng);
+  for (size_t i = 0; i < bytes / 8; i++)
+    q64[i] = rng_next(rng);
   size_t ng = (size_t)rows * (size_t)(cols / gs);
   uint16_t *sc = store_alloc(s, ng * 2), *mn = store_alloc(s, ng * 2);
   if (!sc || !mn) return bl_fail(err, BL_ENOMEM, "synthetic: out of memory");
@@ -76,7 +77,8 @@ static bl_status synth_weight(model_store *s, bk_wfmt fmt, int32_t rows, int32_t
 static bl_status synth_vec(model *m, int32_t n, float **dev, bl_err *err) {
   float *host = malloc((size_t)n * sizeof *host);
   if (!host) return bl_fail(err, BL_ENOMEM, "synthetic: out of memory");
-  for (int32_t i = 0; i < n; i++) host[i] = 1.0f;
+  for (int32_t i = 0; i < n; i++)
+    host[i] = 1.0f;
   *dev = m->be->alloc(m->be, (size_t)n * 4);
   bl_status st = *dev ? m->be->upload(m->be, *dev, host, (size_t)n * 4) : BL_ENOMEM;
   free(host);
@@ -87,12 +89,22 @@ bl_status model_synthetic_config(const char *name, model_config *c, bl_err *err)
   const synth_shape *sh = NULL;
   for (size_t i = 0; i < sizeof k_shapes / sizeof *k_shapes; i++)
     if (strcmp(k_shapes[i].name, name) == 0) sh = &k_shapes[i];
-  if (!sh) return bl_fail(err, BL_EINVAL, "unknown synthetic model \"%s\" (qwen3-0.6b ... qwen3-32b, smollm2-135m)", name);
+  if (!sh)
+    return bl_fail(err, BL_EINVAL,
+                   "unknown synthetic model \"%s\" (qwen3-0.6b ... qwen3-32b, smollm2-135m)", name);
   *c = (model_config){.arch = strncmp(name, "qwen3", 5) == 0 ? MODEL_ARCH_QWEN3 : MODEL_ARCH_LLAMA,
-                      .n_layers = sh->layers, .hidden = sh->hidden, .intermediate = sh->inter,
-                      .n_heads = sh->heads, .n_kv_heads = sh->kv_heads, .head_dim = sh->head_dim,
-                      .vocab = sh->vocab, .max_ctx = 32768, .rope_theta = sh->theta,
-                      .norm_eps = 1e-6f, .tied = sh->tied, .bos_id = -1};
+                      .n_layers = sh->layers,
+                      .hidden = sh->hidden,
+                      .intermediate = sh->inter,
+                      .n_heads = sh->heads,
+                      .n_kv_heads = sh->kv_heads,
+                      .head_dim = sh->head_dim,
+                      .vocab = sh->vocab,
+                      .max_ctx = 32768,
+                      .rope_theta = sh->theta,
+                      .norm_eps = 1e-6f,
+                      .tied = sh->tied,
+                      .bos_id = -1};
   c->qk_norm = c->arch == MODEL_ARCH_QWEN3;
   return BL_OK;
 }
@@ -110,7 +122,9 @@ bl_status model_synthetic(const char *name, model_prec prec, int32_t group_size,
   model_config *c = &m->cfg;
   *c = cfg;
   m->prec = prec == MODEL_PREC_AUTO ? MODEL_PREC_FP16 : prec;
-  bk_wfmt fmt = m->prec == MODEL_PREC_W4 ? BK_WF_W4 : m->prec == MODEL_PREC_W2 ? BK_WF_W2 : BK_WF_F16;
+  bk_wfmt fmt = m->prec == MODEL_PREC_W4   ? BK_WF_W4
+                : m->prec == MODEL_PREC_W2 ? BK_WF_W2
+                                           : BK_WF_F16;
   m->group_size = fmt == BK_WF_F16 ? 0 : (group_size ? group_size : model_auto_group_size(c));
   if (fmt != BK_WF_F16 && !model_group_size_fits(c, m->group_size)) {
     st = bl_fail(err, BL_EINVAL,
@@ -142,8 +156,10 @@ bl_status model_synthetic(const char *name, model_prec prec, int32_t group_size,
                        (st = synth_vec(m, c->head_dim, &ly->k_norm, err))))
       goto fail;
   }
-  if ((st = synth_weight(m->store, BK_WF_F16, c->vocab, c->hidden, 0, &rng, &m->embed, err))) goto fail;
-  if (c->tied) m->lm_head = m->embed;
+  if ((st = synth_weight(m->store, BK_WF_F16, c->vocab, c->hidden, 0, &rng, &m->embed, err)))
+    goto fail;
+  if (c->tied)
+    m->lm_head = m->embed;
   else if ((st = synth_weight(m->store, BK_WF_F16, c->vocab, c->hidden, 0, &rng, &m->lm_head, err)))
     goto fail;
   if ((st = synth_vec(m, c->hidden, &m->final_norm, err))) goto fail;

@@ -18,7 +18,14 @@
 typedef struct tok_tokenizer tok_tokenizer;
 
 /* GGUF token types (tokenizer.ggml.token_type). */
-enum { TOK_NORMAL = 1, TOK_UNKNOWN = 2, TOK_CONTROL = 3, TOK_USER = 4, TOK_UNUSED = 5, TOK_BYTE = 6 };
+enum {
+  TOK_NORMAL = 1,
+  TOK_UNKNOWN = 2,
+  TOK_CONTROL = 3,
+  TOK_USER = 4,
+  TOK_UNUSED = 5,
+  TOK_BYTE = 6
+};
 
 /* Vocabulary as GGUF stores it. Strings are byte-level symbols as in the
  * vocab (not raw bytes), each with its length (not NUL-terminated). */
@@ -30,7 +37,7 @@ typedef struct tok_vocab_src {
   int32_t n_merges;
   const char *const *merges; /* "left right" */
   const size_t *merge_lens;
-  const char *pre; /* tokenizer.ggml.pre: "qwen2", "smollm", "gpt2", ... */
+  const char *pre;        /* tokenizer.ggml.pre: "qwen2", "smollm", "gpt2", ... */
   int32_t bos_id, eos_id; /* -1 when absent */
   /* tokenizer.chat_template (Jinja source), chat_template_len bytes; NULL: none */
   const char *chat_template;

@@ -91,7 +91,8 @@ static bl_status load_gguf_q4(const src_mat *src, model_store *s, bk_weight *w, 
   if (!q || !sc || !mn)
     return bl_fail(err, BL_ENOMEM, "%s: tensor %s: out of memory", src->file, src->name);
   for (int32_t r = 0; r < src->rows; r++) {
-    const uint8_t *row = (const uint8_t *)src->data + (size_t)src_row_index(src, r) * (size_t)nb * bb;
+    const uint8_t *row =
+        (const uint8_t *)src->data + (size_t)src_row_index(src, r) * (size_t)nb * bb;
     for (int32_t b = 0; b < nb; b++) {
       const uint8_t *blk = row + (size_t)b * bb;
       uint16_t d, m;
@@ -107,15 +108,21 @@ static bl_status load_gguf_q4(const src_mat *src, model_store *s, bk_weight *w, 
       memcpy(q + i * 16, blk + bb - 16, 16);
     }
   }
-  *w = (bk_weight){.fmt = BK_WF_W4, .rows = src->rows, .cols = src->cols, .group_size = 32,
-                   .q = q, .scales = sc, .mins = mn};
+  *w = (bk_weight){.fmt = BK_WF_W4,
+                   .rows = src->rows,
+                   .cols = src->cols,
+                   .group_size = 32,
+                   .q = q,
+                   .scales = sc,
+                   .mins = mn};
   return BL_OK;
 }
 
 static bl_status load_quantized(const src_mat *src, bk_wfmt fmt, int32_t gs, bool sym,
                                 model_store *s, bk_weight *w, bl_err *err) {
   if (gs <= 0 || gs % BK_QBLOCK || src->cols % gs)
-    return bl_fail(err, BL_EINVAL, "%s: tensor %s: group size %d must be a multiple of %d dividing %d columns",
+    return bl_fail(err, BL_EINVAL,
+                   "%s: tensor %s: group size %d must be a multiple of %d dividing %d columns",
                    src->file, src->name, gs, BK_QBLOCK, src->cols);
   int32_t bits = bk_wfmt_bits(fmt), ng = src->cols / gs;
   size_t rb = bk_weight_row_bytes(fmt, src->cols);
@@ -138,8 +145,13 @@ static bl_status load_quantized(const src_mat *src, bk_wfmt fmt, int32_t gs, boo
     for (int32_t g = 0; g < ng; g++)
       mn[(size_t)r * (size_t)ng + (size_t)g] = quant_min(rs[g], zeros[g]);
   }
-  *w = (bk_weight){.fmt = fmt, .rows = src->rows, .cols = src->cols, .group_size = gs, .q = q,
-                   .scales = sc, .mins = mn};
+  *w = (bk_weight){.fmt = fmt,
+                   .rows = src->rows,
+                   .cols = src->cols,
+                   .group_size = gs,
+                   .q = q,
+                   .scales = sc,
+                   .mins = mn};
 done:
   free(row);
   free(vals);

@@ -36,7 +36,8 @@ static void copy_file(const char *from_dir, const char *to_dir, const char *name
   FILE *out = fopen(b, "wb");
   char buf[65536];
   size_t n;
-  while (out && (n = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, n, out);
+  while (out && (n = fread(buf, 1, sizeof buf, in)) > 0)
+    fwrite(buf, 1, n, out);
   fclose(in);
   if (out) fclose(out);
 }
@@ -118,17 +119,21 @@ static bl_status calib_ids(const model *m, const char *text_path, const char *id
     return read_ids(m, ids_path, n_tokens, ids, n, err);
   }
   if (!m->tok && !text_path) {
-    fprintf(stderr, "warning: %s has no tokenizer; calibrating on %d pseudo-random token ids "
-                    "(pass --calib-ids for a real sample)\n", m->path, n_tokens);
+    fprintf(stderr,
+            "warning: %s has no tokenizer; calibrating on %d pseudo-random token ids "
+            "(pass --calib-ids for a real sample)\n",
+            m->path, n_tokens);
     *what = "pseudo-random ids";
-    if (!(*ids = malloc((size_t)n_tokens * sizeof **ids))) return bl_fail(err, BL_ENOMEM, "out of memory");
+    if (!(*ids = malloc((size_t)n_tokens * sizeof **ids)))
+      return bl_fail(err, BL_ENOMEM, "out of memory");
     model_calib_random(m, n_tokens, 1, *ids);
     *n = n_tokens;
     return BL_OK;
   }
   if (!text_path) {
     *what = "built-in text (Python docstrings)";
-    return model_calib_from_text(m, bl_calib_text, bl_calib_text_len, n_tokens, seq_len, ids, n, err);
+    return model_calib_from_text(m, bl_calib_text, bl_calib_text_len, n_tokens, seq_len, ids, n,
+                                 err);
   }
   char *text;
   size_t len;
@@ -141,10 +146,13 @@ static bl_status calib_ids(const model *m, const char *text_path, const char *id
 }
 
 int cmd_quantize(int argc, char **argv) {
-  cli_flag f[] = {{"--in", 1, NULL}, {"--out", 1, NULL}, {"--bits", 1, NULL}, {"--group-size", 1, NULL}, {"--sym", 0, NULL},
-                  {"--method", 1, NULL}, {"--calib", 1, NULL}, {"--calib-ids", 1, NULL},
-                  {"--calib-tokens", 1, NULL}, {"--calib-seq-len", 1, NULL}, {"--damp", 1, NULL},
-                  {"--device", 1, NULL}, {"--threads", 1, NULL}, {"--help", 0, NULL}};
+  cli_flag f[] = {{"--in", 1, NULL},           {"--out", 1, NULL},
+                  {"--bits", 1, NULL},         {"--group-size", 1, NULL},
+                  {"--sym", 0, NULL},          {"--method", 1, NULL},
+                  {"--calib", 1, NULL},        {"--calib-ids", 1, NULL},
+                  {"--calib-tokens", 1, NULL}, {"--calib-seq-len", 1, NULL},
+                  {"--damp", 1, NULL},         {"--device", 1, NULL},
+                  {"--threads", 1, NULL},      {"--help", 0, NULL}};
   int nf = (int)(sizeof f / sizeof *f);
   if (!cli_parse("quantize", argc, argv, f, nf)) return 2;
   if (cli_get(f, nf, "--help")) {
@@ -159,8 +167,10 @@ int cmd_quantize(int argc, char **argv) {
   if (!in || !out || !cli_int(cli_get(f, nf, "--bits"), 2, 4, &bits) || bits == 3 ||
       !cli_int(cli_get(f, nf, "--group-size"), 32, 1 << 20, &gs) ||
       (method && !gptq && strcmp(method, "rtn") != 0) ||
-      (cli_get(f, nf, "--calib-tokens") && !cli_int(cli_get(f, nf, "--calib-tokens"), 1, 1 << 24, &n_calib)) ||
-      (cli_get(f, nf, "--calib-seq-len") && !cli_int(cli_get(f, nf, "--calib-seq-len"), 1, 1 << 16, &seq_len)) ||
+      (cli_get(f, nf, "--calib-tokens") &&
+       !cli_int(cli_get(f, nf, "--calib-tokens"), 1, 1 << 24, &n_calib)) ||
+      (cli_get(f, nf, "--calib-seq-len") &&
+       !cli_int(cli_get(f, nf, "--calib-seq-len"), 1, 1 << 16, &seq_len)) ||
       (cli_get(f, nf, "--damp") && !cli_float(cli_get(f, nf, "--damp"), 1e-6, 10, &damp)) ||
       (threads && !cli_int(threads, 0, 1024, &nt))) {
     fputs(usage, stderr);
@@ -174,10 +184,16 @@ int cmd_quantize(int argc, char **argv) {
   int rc = 1;
   double t0 = cli_now();
   model_load_opts lo = {.precision = MODEL_PREC_FP16};
-  model_export_opts eo = {.bits = (int32_t)bits, .group_size = (int32_t)gs, .sym = cli_get(f, nf, "--sym") != NULL,
-                          .method = gptq ? MODEL_QUANT_GPTQ : MODEL_QUANT_RTN, .calib_seq_len = (int32_t)seq_len,
-                          .damp = damp, .n_threads = (int)nt, .verbose = true};
-  if (cli_backend(cli_get(f, nf, "--device"), threads, &be, &err) || model_load(in, &lo, be, &m, &err))
+  model_export_opts eo = {.bits = (int32_t)bits,
+                          .group_size = (int32_t)gs,
+                          .sym = cli_get(f, nf, "--sym") != NULL,
+                          .method = gptq ? MODEL_QUANT_GPTQ : MODEL_QUANT_RTN,
+                          .calib_seq_len = (int32_t)seq_len,
+                          .damp = damp,
+                          .n_threads = (int)nt,
+                          .verbose = true};
+  if (cli_backend(cli_get(f, nf, "--device"), threads, &be, &err) ||
+      model_load(in, &lo, be, &m, &err))
     goto done;
   if (gptq) {
     if (calib_ids(m, cli_get(f, nf, "--calib"), cli_get(f, nf, "--calib-ids"), (int32_t)n_calib,
@@ -199,7 +215,8 @@ int cmd_quantize(int argc, char **argv) {
           eo.sym ? "sym" : "asym", gptq ? "GPTQ" : "round-to-nearest", cli_now() - t0);
   rc = 0;
 done:
-  if (rc) fprintf(stderr, "ballast quantize: %s\n", err.msg[0] ? err.msg : bl_status_str(err.status));
+  if (rc)
+    fprintf(stderr, "ballast quantize: %s\n", err.msg[0] ? err.msg : bl_status_str(err.status));
   free(ids);
   model_free(m);
   bk_destroy(be);

@@ -14,8 +14,12 @@ bl_status runner_init_kv(runner *r, model *m, int32_t n_seq, int32_t max_ctx, bk
   const int32_t bs = 16;
   r->max_blocks = (max_ctx + bs - 1) / bs;
   const model_config *c = &m->cfg;
-  kv_pool_cfg kc = {.fmt = fmt, .scaling = scaling, .n_layers = c->n_layers,
-                    .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim, .block_size = bs,
+  kv_pool_cfg kc = {.fmt = fmt,
+                    .scaling = scaling,
+                    .n_layers = c->n_layers,
+                    .n_kv_heads = c->n_kv_heads,
+                    .head_dim = c->head_dim,
+                    .block_size = bs,
                     .n_blocks = n_seq * r->max_blocks};
   bl_status st = kv_pool_init_cfg(&r->kv, m->be, &kc, err);
   if (st) return st;
@@ -36,7 +40,8 @@ bl_status runner_init_kv(runner *r, model *m, int32_t n_seq, int32_t max_ctx, bk
 }
 
 void runner_free(runner *r) {
-  for (int32_t i = 0; r->seqs && i < r->n_seq; i++) kv_seq_free(&r->kv, &r->seqs[i]);
+  for (int32_t i = 0; r->seqs && i < r->n_seq; i++)
+    kv_seq_free(&r->kv, &r->seqs[i]);
   if (r->kv.be) kv_pool_destroy(&r->kv);
   free(r->seqs);
   free(r->len);
@@ -57,7 +62,8 @@ static bl_status reserve(runner *r, int32_t s, int32_t n, bl_err *err) {
   return BL_OK;
 }
 
-bl_status runner_prefill(runner *r, int32_t s, const int32_t *ids, int32_t n, float *out, bl_err *err) {
+bl_status runner_prefill(runner *r, int32_t s, const int32_t *ids, int32_t n, float *out,
+                         bl_err *err) {
   for (int32_t done = 0; done < n;) {
     int32_t k = n - done < r->chunk ? n - done : r->chunk;
     bl_status st = reserve(r, s, r->len[s] + k, err);
@@ -70,9 +76,16 @@ bl_status runner_prefill(runner *r, int32_t s, const int32_t *ids, int32_t n, fl
     }
     bool last = done + k == n;
     r->out[0] = k - 1;
-    model_batch b = {.n_tok = k, .ids = r->ids, .pos = r->pos, .seq = r->seq, .slots = r->slots,
-                     .n_seq = r->n_seq, .max_blocks = r->max_blocks, .block_tables = r->bt,
-                     .n_out = last && out ? 1 : 0, .out_tok = r->out};
+    model_batch b = {.n_tok = k,
+                     .ids = r->ids,
+                     .pos = r->pos,
+                     .seq = r->seq,
+                     .slots = r->slots,
+                     .n_seq = r->n_seq,
+                     .max_blocks = r->max_blocks,
+                     .block_tables = r->bt,
+                     .n_out = last && out ? 1 : 0,
+                     .out_tok = r->out};
     if ((st = model_forward(r->m, &r->kv.dev, &b, out, err))) return st;
     r->len[s] += k;
     done += k;
@@ -90,11 +103,19 @@ bl_status runner_decode(runner *r, const int32_t *ids, float *out, bl_err *err) 
     r->slots[s] = kv_seq_slot(&r->kv, &r->seqs[s], r->len[s]);
     r->out[s] = s;
   }
-  model_batch b = {.n_tok = r->n_seq, .ids = r->ids, .pos = r->pos, .seq = r->seq,
-                   .slots = r->slots, .n_seq = r->n_seq, .max_blocks = r->max_blocks,
-                   .block_tables = r->bt, .n_out = r->n_seq, .out_tok = r->out};
+  model_batch b = {.n_tok = r->n_seq,
+                   .ids = r->ids,
+                   .pos = r->pos,
+                   .seq = r->seq,
+                   .slots = r->slots,
+                   .n_seq = r->n_seq,
+                   .max_blocks = r->max_blocks,
+                   .block_tables = r->bt,
+                   .n_out = r->n_seq,
+                   .out_tok = r->out};
   bl_status st = model_forward(r->m, &r->kv.dev, &b, out, err);
   if (st) return st;
-  for (int32_t s = 0; s < r->n_seq; s++) r->len[s]++;
+  for (int32_t s = 0; s < r->n_seq; s++)
+    r->len[s]++;
   return BL_OK;
 }

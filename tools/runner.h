@@ -13,8 +13,8 @@ typedef struct runner {
   kv_pool kv;
   int32_t n_seq, max_blocks, chunk;
   kv_seq *seqs;
-  int32_t *len;          /* [n_seq] tokens in cache */
-  int32_t *bt;           /* [n_seq][max_blocks] */
+  int32_t *len;                           /* [n_seq] tokens in cache */
+  int32_t *bt;                            /* [n_seq][max_blocks] */
   int32_t *ids, *pos, *seq, *slots, *out; /* step arrays [max(chunk, n_seq)] */
 } runner;
 
@@ -26,7 +26,8 @@ bl_status runner_init_kv(runner *r, model *m, int32_t n_seq, int32_t max_ctx, bk
 void runner_free(runner *r);
 /* Append n prompt tokens to sequence s; logits of the last one to out [vocab]
  * (out may be NULL). */
-bl_status runner_prefill(runner *r, int32_t s, const int32_t *ids, int32_t n, float *out, bl_err *err);
+bl_status runner_prefill(runner *r, int32_t s, const int32_t *ids, int32_t n, float *out,
+                         bl_err *err);
 /* One decode step: ids[i] is appended to sequence i for every i; logits to
  * out [n_seq][vocab]. */
 bl_status runner_decode(runner *r, const int32_t *ids, float *out, bl_err *err);

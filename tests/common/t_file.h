@@ -33,7 +33,8 @@ __attribute__((unused)) static uint8_t *read_file(const char *path, size_t *n) {
 /* A file for truncation runs: a memfd named by /proc/self/fd/N when the
  * kernel has them (every length is then an ftruncate in memory, not a file
  * write), else a file in tmpdir. Holds p[0..n) on return. */
-__attribute__((unused)) static int trunc_file(const char *fallback, const void *p, size_t n, char *path, size_t cap) {
+__attribute__((unused)) static int trunc_file(const char *fallback, const void *p, size_t n,
+                                              char *path, size_t cap) {
   int fd = memfd_create("bl_trunc", MFD_CLOEXEC);
   if (fd >= 0) {
     snprintf(path, cap, "/proc/self/fd/%d", fd);

@@ -276,8 +276,8 @@ static void test_matmul_batch_invariance_case(bk_wfmt f, int rows, int cols, int
     T_CHECKF(bad == 0, "%s %s rows=%d cols=%d: %d tokens differ from the same token alone",
              g_label[b], bk_wfmt_name(f), rows, cols, bad);
     if (b > 0 && strncmp(g_label[b], g_label[b - 1], 4) == 0) /* same ISA, other thread count */
-      T_CHECKF(memcmp(first, yb, (size_t)N * rows * sizeof *yb) == 0,
-               "%s %s: differs from %s", g_label[b], bk_wfmt_name(f), g_label[b - 1]);
+      T_CHECKF(memcmp(first, yb, (size_t)N * rows * sizeof *yb) == 0, "%s %s: differs from %s",
+               g_label[b], bk_wfmt_name(f), g_label[b - 1]);
     memcpy(first, yb, (size_t)N * rows * sizeof *yb);
   }
   free(x);

@@ -79,7 +79,6 @@ static void tinfo(buf *b, const char *name, uint32_t n_dims, const uint64_t *ne,
   put_u64(b, offset);
 }
 
-
 /* ------------------------------------------------------- committed vectors */
 
 static const gguf_tensor *need_tensor(const gguf_file *f, const char *name) {

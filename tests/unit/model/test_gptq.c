@@ -542,7 +542,9 @@ static void check_smollm2(bk_backend *be, const char *dir) {
    * (BALLAST_SKIP_SLOW_MODEL=1 in the sanitizer build). */
   const char *gguf = getenv("BALLAST_SMOLLM2_GGUF"), *skip = getenv("BALLAST_SKIP_SLOW_MODEL");
   if (!gguf || !*gguf || (skip && *skip == '1')) {
-    fprintf(stderr, "SmolLM2 GPTQ check skipped (BALLAST_SMOLLM2_GGUF unset or BALLAST_SKIP_SLOW_MODEL=1)\n");
+    fprintf(
+        stderr,
+        "SmolLM2 GPTQ check skipped (BALLAST_SMOLLM2_GGUF unset or BALLAST_SKIP_SLOW_MODEL=1)\n");
     return;
   }
   size_t len = 0, hlen = 0;

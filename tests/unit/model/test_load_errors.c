@@ -54,7 +54,7 @@ static void rewrite_shard(const char *name, int mode) {
     const st_tensor *t = st_at(s, i);
     if (strcmp(t->name, name) == 0) {
       if (mode == 0) continue; /* drop */
-      if (mode == 1) { /* same bytes, int16 dtype */
+      if (mode == 1) {         /* same bytes, int16 dtype */
         st_writer_add(w, t->name, ST_I16, t->n_dims, t->shape, t->data, &err);
         continue;
       }
@@ -115,7 +115,9 @@ int main(int argc, char **argv) {
   char gq[1024];
   snprintf(gq, sizeof gq, "%s/tiny-qwen3-gptq-w2-g32-sym-v1", data);
   char cmd[4096];
-  snprintf(cmd, sizeof cmd, "cp -r '%s' '%s/g' && sed -i 's/\"bits\": 2/\"bits\": 3/' '%s/g/config.json'", gq, tmp, tmp);
+  snprintf(cmd, sizeof cmd,
+           "cp -r '%s' '%s/g' && sed -i 's/\"bits\": 2/\"bits\": 3/' '%s/g/config.json'", gq, tmp,
+           tmp);
   T_CHECK(system(cmd) == 0);
   snprintf(m, sizeof m, "%s/g", tmp);
   expect_fail(m, "GPTQ 3-bit", "bits 3", NULL);

@@ -52,7 +52,8 @@ static double check_prefill(model *m, const ref_seq *s) {
                        bs, nb + 2, &err) == BL_OK);
   kv_seq seq = {0};
   T_CHECK(kv_seq_reserve(&kv, &seq, s->len) == BL_OK);
-  int32_t *pos = malloc((size_t)s->len * 4 * 4), *sq = pos + s->len, *slots = sq + s->len, *out = slots + s->len;
+  int32_t *pos = malloc((size_t)s->len * 4 * 4), *sq = pos + s->len, *slots = sq + s->len,
+          *out = slots + s->len;
   for (int32_t t = 0; t < s->len; t++) {
     pos[t] = t;
     sq[t] = 0;
@@ -60,9 +61,16 @@ static double check_prefill(model *m, const ref_seq *s) {
     out[t] = t;
   }
   float *logits = malloc((size_t)s->len * (size_t)vocab_of(m) * sizeof *logits);
-  model_batch b = {.n_tok = s->len, .ids = s->ids, .pos = pos, .seq = sq, .slots = slots,
-                   .n_seq = 1, .max_blocks = seq.n_blocks, .block_tables = seq.blocks,
-                   .n_out = s->len, .out_tok = out};
+  model_batch b = {.n_tok = s->len,
+                   .ids = s->ids,
+                   .pos = pos,
+                   .seq = sq,
+                   .slots = slots,
+                   .n_seq = 1,
+                   .max_blocks = seq.n_blocks,
+                   .block_tables = seq.blocks,
+                   .n_out = s->len,
+                   .out_tok = out};
   double w = 1e9;
   if (model_forward(m, &kv.dev, &b, logits, &err) == BL_OK)
     w = worst(logits, s->logits, (size_t)s->len * (size_t)vocab_of(m));
@@ -91,9 +99,16 @@ static double check_decode(model *m, const ref_seq *s) {
   for (int32_t t = 0; t < s->len; t++) {
     T_CHECK(kv_seq_reserve(&kv, &seq, t + 1) == BL_OK);
     int32_t slot = kv_seq_slot(&kv, &seq, t), zero = 0, one_seq = 0;
-    model_batch b = {.n_tok = 1, .ids = &s->ids[t], .pos = &t, .seq = &one_seq, .slots = &slot,
-                     .n_seq = 1, .max_blocks = seq.n_blocks, .block_tables = seq.blocks,
-                     .n_out = 1, .out_tok = &zero};
+    model_batch b = {.n_tok = 1,
+                     .ids = &s->ids[t],
+                     .pos = &t,
+                     .seq = &one_seq,
+                     .slots = &slot,
+                     .n_seq = 1,
+                     .max_blocks = seq.n_blocks,
+                     .block_tables = seq.blocks,
+                     .n_out = 1,
+                     .out_tok = &zero};
     if (model_forward(m, &kv.dev, &b, logits, &err) != BL_OK) {
       fprintf(stderr, "forward: %s\n", err.msg);
       w = 1e9;
@@ -129,8 +144,9 @@ static void check_model(bk_backend *be, const char *dir, const char *name, model
     if (!ti || !tl) continue;
     ref_seq s = {.ids = ti->data, .logits = tl->data, .len = (int32_t)ti->shape[0]};
     double wp = check_prefill(m, &s), wd = check_decode(m, &s);
-    fprintf(stderr, "%-42s %-5s seq%d (%2d tokens): worst error/tolerance prefill %.3f decode %.3f\n",
-            name, model_prec_name(m->prec), i, s.len, wp, wd);
+    fprintf(stderr,
+            "%-42s %-5s seq%d (%2d tokens): worst error/tolerance prefill %.3f decode %.3f\n", name,
+            model_prec_name(m->prec), i, s.len, wp, wd);
     T_CHECKF(wp <= 1.0 && wd <= 1.0, "%s seq%d", name, i);
   }
 done:
@@ -149,7 +165,8 @@ static void check_export_roundtrip(bk_backend *be, const char *dir) {
   for (int bits = 2; bits <= 4; bits += 2) {
     model *fp = NULL, *mem = NULL, *back = NULL;
     model_load_opts o16 = {.precision = MODEL_PREC_FP16};
-    model_load_opts oq = {.precision = bits == 4 ? MODEL_PREC_W4 : MODEL_PREC_W2, .group_size = 64, .sym = bits == 2};
+    model_load_opts oq = {
+        .precision = bits == 4 ? MODEL_PREC_W4 : MODEL_PREC_W2, .group_size = 64, .sym = bits == 2};
     model_export_opts eo = {.bits = bits, .group_size = 64, .sym = bits == 2};
     T_CHECKF(model_load(src, &o16, be, &fp, &err) == BL_OK, "%s", err.msg);
     T_CHECKF(fp && model_export_gptq(fp, out, &eo, &err) == BL_OK, "%s", err.msg);
@@ -164,11 +181,20 @@ static void check_export_roundtrip(bk_backend *be, const char *dir) {
       int32_t pos[5] = {0, 1, 2, 3, 4}, sq[5] = {0}, out_tok[5] = {0, 1, 2, 3, 4};
       kv_pool kv;
       kv_seq seq = {0};
-      kv_pool_init(&kv, be, BK_KV_F16, mem->cfg.n_layers, mem->cfg.n_kv_heads, mem->cfg.head_dim, 16, 1, &err);
+      kv_pool_init(&kv, be, BK_KV_F16, mem->cfg.n_layers, mem->cfg.n_kv_heads, mem->cfg.head_dim,
+                   16, 1, &err);
       kv_seq_reserve(&kv, &seq, 5);
       int32_t slots[5] = {0, 1, 2, 3, 4};
-      model_batch b = {.n_tok = 5, .ids = ids, .pos = pos, .seq = sq, .slots = slots, .n_seq = 1,
-                       .max_blocks = 1, .block_tables = seq.blocks, .n_out = 5, .out_tok = out_tok};
+      model_batch b = {.n_tok = 5,
+                       .ids = ids,
+                       .pos = pos,
+                       .seq = sq,
+                       .slots = slots,
+                       .n_seq = 1,
+                       .max_blocks = 1,
+                       .block_tables = seq.blocks,
+                       .n_out = 5,
+                       .out_tok = out_tok};
       T_CHECK(model_forward(mem, &kv.dev, &b, a, &err) == BL_OK);
       s.logits = a;
       double w = check_prefill(back, &s);
@@ -196,7 +222,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (argc > 2) { /* named folders only (tools/ref/check_gptq_export.py) */
-    for (int i = 2; i < argc; i++) check_model(be, dir, argv[i], MODEL_PREC_AUTO);
+    for (int i = 2; i < argc; i++)
+      check_model(be, dir, argv[i], MODEL_PREC_AUTO);
     bk_destroy(be);
     return T_DONE();
   }

@@ -30,7 +30,6 @@ static const char *data_dir;
 
 /* ---------------------------------------------------------------- helpers */
 
-
 static bool ends_with(const char *s, const char *suffix) {
   size_t a = strlen(s), b = strlen(suffix);
   return a >= b && strcmp(s + a - b, suffix) == 0;

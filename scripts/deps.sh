@@ -3,7 +3,8 @@
 # Debian packages: compiler, meson/ninja, and the C libraries the code uses:
 #   libcjson (config.json, tokenizer.json, safetensors headers), libpcre2
 #   (the tokenizer's pre-tokenization regex), libutf8proc (NFC), zlib
-#   (compressed test vectors), clang (libFuzzer targets).
+#   (compressed test vectors), clang (libFuzzer targets), clang-format (the
+#   style check).
 # The daemon: gRPC C core (libgrpc-dev) and protobuf-c (libprotobuf-c-dev,
 #   protobuf-c-compiler) for the API, libevent (main loop, admin HTTP),
 #   libconfig (the config file). Its tests drive it with Debian's python3
@@ -12,7 +13,7 @@
 #   certificates.
 set -euo pipefail
 
-pkgs=(build-essential meson ninja-build pkg-config clang python3 python3-pip unzip
+pkgs=(build-essential meson ninja-build pkg-config clang clang-format python3 python3-pip unzip
       libcjson-dev libpcre2-dev libutf8proc-dev zlib1g-dev
       libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libevent-dev libconfig-dev
       python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc

@@ -19,30 +19,9 @@
 
 #include "ballast.pb-c.h"
 #include "cli.h"
+#include "client_cli.h"
 #include "cmds.h"
-#include "grpc_client.h"
 #include "health.pb-c.h"
-
-/* ---- common flags, connection, unary calls ---- */
-
-/* The rows every client command's flag table starts with. */
-// clang-format off
-#define COMMON_FLAGS                                                                   \
-  {"--server", 1, NULL}, {"--tls-ca", 1, NULL}, {"--tls-cert", 1, NULL},               \
-  {"--tls-key", 1, NULL}, {"--tls-server-name", 1, NULL}, {"--timeout", 1, NULL},      \
-  {"--help", 0, NULL}
-// clang-format on
-
-#define COMMON_USAGE                                                                               \
-  "  --server HOST:PORT      ballastd's gRPC address (default: $BALLAST_SERVER, else "             \
-  "127.0.0.1:50051)\n"                                                                             \
-  "  --tls-ca FILE           verify the server against these PEM roots (turns TLS on)\n"           \
-  "  --tls-cert FILE --tls-key FILE   a client certificate for mutual TLS (turns TLS on)\n"        \
-  "  --tls-server-name NAME  the name the server's certificate carries (default: the host)\n"
-
-/* Unary calls that get no --timeout wait this long: a hung server must not
- * hang a script. */
-#define UNARY_TIMEOUT_S 10.0
 
 /* Set by chat's SIGINT handler; polled by the stream loop, which cancels. */
 static volatile sig_atomic_t g_interrupted;
@@ -50,61 +29,6 @@ static volatile sig_atomic_t g_interrupted;
 static void on_sigint(int sig) {
   (void)sig;
   g_interrupted = 1;
-}
-
-/* Connect as the common flags say. 0, or the exit status after a message. */
-static int open_client(const char *cmd, const cli_flag *f, int nf, double default_timeout,
-                       double *timeout, gc_client **out) {
-  const char *t = cli_get(f, nf, "--timeout");
-  *timeout = default_timeout;
-  if (t && !cli_float(t, 0.001, 1e7, timeout)) {
-    fprintf(stderr, "ballast %s: --timeout must be a number of seconds > 0\n", cmd);
-    return 2;
-  }
-  const char *server = cli_get(f, nf, "--server");
-  if (!server) server = getenv("BALLAST_SERVER");
-  if (!server || !*server) server = "127.0.0.1:50051";
-  gc_conn_opts o = {.target = server,
-                    .tls_ca = cli_get(f, nf, "--tls-ca"),
-                    .tls_cert = cli_get(f, nf, "--tls-cert"),
-                    .tls_key = cli_get(f, nf, "--tls-key"),
-                    .tls_server_name = cli_get(f, nf, "--tls-server-name")};
-  char err[512];
-  *out = gc_connect(&o, err, sizeof err);
-  if (*out) return 0;
-  fprintf(stderr, "ballast %s: %s\n", cmd, err);
-  return 1;
-}
-
-static int call_failed(const char *cmd, const gc_status *st) {
-  fprintf(stderr, "ballast %s: %s: %s\n", cmd, gc_status_name(st->code), st->msg);
-  return 1;
-}
-
-static uint8_t *pack(const ProtobufCMessage *m, size_t *n) {
-  *n = protobuf_c_message_get_packed_size(m);
-  uint8_t *buf = malloc(*n ? *n : 1);
-  if (buf) protobuf_c_message_pack(m, buf);
-  return buf;
-}
-
-/* Pack req, call method, unpack the reply as desc; NULL with st set. */
-static ProtobufCMessage *unary(gc_client *c, const char *method, const ProtobufCMessage *req,
-                               const ProtobufCMessageDescriptor *desc, const gc_call_opts *o,
-                               gc_status *st) {
-  size_t n, resp_n;
-  uint8_t *buf = pack(req, &n), *resp = NULL;
-  if (!buf) {
-    *st = (gc_status){.code = GRPC_STATUS_RESOURCE_EXHAUSTED, .msg = "out of memory"};
-    return NULL;
-  }
-  bool ok = gc_unary(c, method, buf, n, o, &resp, &resp_n, st);
-  free(buf);
-  if (!ok) return NULL;
-  ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, resp_n, resp);
-  free(resp);
-  if (!m) *st = (gc_status){.code = GRPC_STATUS_INTERNAL, .msg = "the reply does not parse"};
-  return m;
 }
 
 /* ---- messages as JSON, from their descriptors ---- */
@@ -231,18 +155,13 @@ static void json_message(FILE *f, const ProtobufCMessage *m) {
   fputc('}', f);
 }
 
-static const char *enum_name(const ProtobufCEnumDescriptor *d, int v) {
-  const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(d, v);
-  return ev ? ev->name : "UNKNOWN_VALUE";
-}
-
 /* ---- chat ---- */
 
 static const char *chat_usage =
     "usage: ballast chat [flags] MESSAGE...   (no MESSAGE: it is read from stdin)\n"
     "  Sends MESSAGE to ballastd (Generate) and prints the reply on stdout as it streams;\n"
     "  a summary (finish reason, answer, tokens per pool, ttft, total, speed-up) goes to "
-    "stderr.\n" COMMON_USAGE "  --timeout SECONDS       the request's deadline (default: none)\n"
+    "stderr.\n" CCLI_USAGE "  --timeout SECONDS       the request's deadline (default: none)\n"
     "  --system TEXT           a system message before MESSAGE\n"
     "  --policy NAME           direct, rescue, plan, plan+rescue, fp16, auto or a configured\n"
     "                          policy (default: the server's)\n"
@@ -474,7 +393,7 @@ static bool chat_event(void *ctx, const uint8_t *msg, size_t n) {
 static void chat_summary(const Ballast__V1__Final *fin) {
   char reason[32];
   snprintf(reason, sizeof reason, "%s",
-           enum_name(&ballast__v1__finish_reason__descriptor, (int)fin->finish_reason));
+           ccli_enum_name(&ballast__v1__finish_reason__descriptor, (int)fin->finish_reason));
   for (char *p = reason; *p; p++)
     *p = (char)tolower((unsigned char)*p);
   fprintf(stderr, "[%s", reason);
@@ -591,7 +510,7 @@ static int chat_finish(chat_out *o, bool json) {
 
 static int chat_run(gc_client *c, const chat_req *r, double timeout, bool json, bool controls) {
   size_t n;
-  uint8_t *buf = pack(&r->req.base, &n);
+  uint8_t *buf = ccli_pack(&r->req.base, &n);
   if (!buf) {
     fprintf(stderr, "ballast chat: out of memory\n");
     return 1;
@@ -619,7 +538,7 @@ static int chat_run(gc_client *c, const chat_req *r, double timeout, bool json, 
     else if (o.err[0])
       fprintf(stderr, "ballast chat: %s\n", o.err);
     else
-      call_failed("chat", &st);
+      ccli_call_failed("chat", &st);
     rc = g_interrupted ? 130 : 1;
   }
   if (o.final) ballast__v1__generate_response__free_unpacked(o.final, NULL);
@@ -628,7 +547,7 @@ static int chat_run(gc_client *c, const chat_req *r, double timeout, bool json, 
 }
 
 int cmd_chat(int argc, char **argv) {
-  cli_flag f[] = {COMMON_FLAGS,
+  cli_flag f[] = {CCLI_FLAGS,
                   {"--system", 1, NULL},
                   {"--policy", 1, NULL},
                   {"--max-tokens", 1, NULL},
@@ -667,7 +586,7 @@ int cmd_chat(int argc, char **argv) {
   }
   gc_client *c;
   double timeout;
-  if (!(rc = open_client("chat", f, nf, 0, &timeout, &c))) {
+  if (!(rc = ccli_open("chat", f, nf, 0, &timeout, &c))) {
     rc = chat_run(c, &r, timeout, cli_get(f, nf, "--json") != NULL,
                   cli_get(f, nf, "--show-controls") != NULL);
     gc_close(c);
@@ -684,7 +603,7 @@ done:
 
 static const char *stats_usage =
     "usage: ballast stats [flags]\n"
-    "  ballastd's counters and measured decode throughput (GetStats), as tables.\n" COMMON_USAGE
+    "  ballastd's counters and measured decode throughput (GetStats), as tables.\n" CCLI_USAGE
     "  --timeout SECONDS       the call's deadline (default: 10)\n"
     "  --json                  print the GetStatsResponse as JSON\n";
 
@@ -736,7 +655,7 @@ static void stats_print(const Ballast__V1__GetStatsResponse *s) {
   for (size_t i = 0; i < s->n_finished; i++) {
     char reason[32];
     snprintf(reason, sizeof reason, "%s",
-             enum_name(&ballast__v1__finish_reason__descriptor, (int)s->finished[i]->reason));
+             ccli_enum_name(&ballast__v1__finish_reason__descriptor, (int)s->finished[i]->reason));
     for (char *p = reason; *p; p++)
       *p = (char)tolower((unsigned char)*p);
     printf("%s %s %" PRIu64, i ? "," : "", reason, s->finished[i]->count);
@@ -749,7 +668,7 @@ static void stats_print(const Ballast__V1__GetStatsResponse *s) {
 }
 
 int cmd_stats(int argc, char **argv) {
-  cli_flag f[] = {COMMON_FLAGS, {"--json", 0, NULL}};
+  cli_flag f[] = {CCLI_FLAGS, {"--json", 0, NULL}};
   int nf = (int)(sizeof f / sizeof *f);
   if (!cli_parse("stats", argc, argv, f, nf)) return 2;
   if (cli_get(f, nf, "--help")) {
@@ -758,15 +677,15 @@ int cmd_stats(int argc, char **argv) {
   }
   gc_client *c;
   double timeout;
-  int rc = open_client("stats", f, nf, UNARY_TIMEOUT_S, &timeout, &c);
+  int rc = ccli_open("stats", f, nf, CCLI_UNARY_TIMEOUT_S, &timeout, &c);
   if (rc) return rc;
   Ballast__V1__GetStatsRequest req = BALLAST__V1__GET_STATS_REQUEST__INIT;
   gc_call_opts opts = {.timeout_s = timeout};
   gc_status st;
-  ProtobufCMessage *m = unary(c, "/ballast.v1.Ballast/GetStats", &req.base,
-                              &ballast__v1__get_stats_response__descriptor, &opts, &st);
+  ProtobufCMessage *m = ccli_unary(c, "/ballast.v1.Ballast/GetStats", &req.base,
+                                   &ballast__v1__get_stats_response__descriptor, &opts, &st);
   gc_close(c);
-  if (!m) return call_failed("stats", &st);
+  if (!m) return ccli_call_failed("stats", &st);
   if (cli_get(f, nf, "--json")) {
     json_message(stdout, m);
     fputc('\n', stdout);
@@ -783,7 +702,7 @@ static const char *health_usage =
     "usage: ballast health [flags]\n"
     "  Asks grpc.health.v1.Health/Check and prints SERVING, NOT_SERVING, ...; after\n"
     "  NOT_SERVING, a line on why each (draining, a pool's device error).\n"
-    "  Exits 0 only when SERVING.\n" COMMON_USAGE
+    "  Exits 0 only when SERVING.\n" CCLI_USAGE
     "  --timeout SECONDS       the call's deadline (default: 10)\n"
     "  --service NAME          the service to check (default: \"\", the whole server)\n";
 
@@ -792,8 +711,8 @@ static const char *health_usage =
 static void health_why(gc_client *c, const gc_call_opts *opts) {
   Ballast__V1__ServerInfoRequest req = BALLAST__V1__SERVER_INFO_REQUEST__INIT;
   gc_status st;
-  ProtobufCMessage *m = unary(c, "/ballast.v1.Ballast/ServerInfo", &req.base,
-                              &ballast__v1__server_info_response__descriptor, opts, &st);
+  ProtobufCMessage *m = ccli_unary(c, "/ballast.v1.Ballast/ServerInfo", &req.base,
+                                   &ballast__v1__server_info_response__descriptor, opts, &st);
   if (!m) return;
   const Ballast__V1__ServerInfoResponse *r = (const Ballast__V1__ServerInfoResponse *)m;
   if (r->draining) puts("draining");
@@ -803,7 +722,7 @@ static void health_why(gc_client *c, const gc_call_opts *opts) {
 }
 
 int cmd_health(int argc, char **argv) {
-  cli_flag f[] = {COMMON_FLAGS, {"--service", 1, NULL}};
+  cli_flag f[] = {CCLI_FLAGS, {"--service", 1, NULL}};
   int nf = (int)(sizeof f / sizeof *f);
   if (!cli_parse("health", argc, argv, f, nf)) return 2;
   if (cli_get(f, nf, "--help")) {
@@ -812,21 +731,23 @@ int cmd_health(int argc, char **argv) {
   }
   gc_client *c;
   double timeout;
-  int rc = open_client("health", f, nf, UNARY_TIMEOUT_S, &timeout, &c);
+  int rc = ccli_open("health", f, nf, CCLI_UNARY_TIMEOUT_S, &timeout, &c);
   if (rc) return rc;
   Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
   const char *service = cli_get(f, nf, "--service");
   if (service) req.service = (char *)service;
   gc_call_opts opts = {.timeout_s = timeout};
   gc_status st;
-  ProtobufCMessage *m = unary(c, "/grpc.health.v1.Health/Check", &req.base,
-                              &grpc__health__v1__health_check_response__descriptor, &opts, &st);
+  ProtobufCMessage *m =
+      ccli_unary(c, "/grpc.health.v1.Health/Check", &req.base,
+                 &grpc__health__v1__health_check_response__descriptor, &opts, &st);
   if (!m) {
     gc_close(c);
-    return call_failed("health", &st);
+    return ccli_call_failed("health", &st);
   }
   int status = ((const Grpc__Health__V1__HealthCheckResponse *)m)->status;
-  puts(enum_name(&grpc__health__v1__health_check_response__serving_status__descriptor, status));
+  puts(
+      ccli_enum_name(&grpc__health__v1__health_check_response__serving_status__descriptor, status));
   protobuf_c_message_free_unpacked(m, NULL);
   bool serving = status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
   if (!serving) health_why(c, &opts);
@@ -839,7 +760,7 @@ int cmd_health(int argc, char **argv) {
 static const char *reload_usage =
     "usage: ballast reload [flags]\n"
     "  Makes ballastd re-read its config file (Reload); prints the new config generation and\n"
-    "  the changed keys that take effect only on restart.\n" COMMON_USAGE
+    "  the changed keys that take effect only on restart.\n" CCLI_USAGE
     "  --timeout SECONDS       the call's deadline (default: 10)\n"
     "  --token TOKEN           the admin token (server.admin_token)\n"
     "  --token-file FILE       read the admin token from FILE\n"
@@ -906,8 +827,7 @@ static void reload_print(const Ballast__V1__ReloadResponse *r) {
 }
 
 int cmd_reload(int argc, char **argv) {
-  cli_flag f[] = {
-      COMMON_FLAGS, {"--token", 1, NULL}, {"--token-file", 1, NULL}, {"--json", 0, NULL}};
+  cli_flag f[] = {CCLI_FLAGS, {"--token", 1, NULL}, {"--token-file", 1, NULL}, {"--json", 0, NULL}};
   int nf = (int)(sizeof f / sizeof *f);
   if (!cli_parse("reload", argc, argv, f, nf)) return 2;
   if (cli_get(f, nf, "--help")) {
@@ -919,7 +839,7 @@ int cmd_reload(int argc, char **argv) {
   int rc = reload_auth(f, nf, &auth, &source);
   gc_client *c = NULL;
   double timeout;
-  if (rc || (rc = open_client("reload", f, nf, UNARY_TIMEOUT_S, &timeout, &c))) {
+  if (rc || (rc = ccli_open("reload", f, nf, CCLI_UNARY_TIMEOUT_S, &timeout, &c))) {
     free(auth);
     return rc;
   }
@@ -927,13 +847,13 @@ int cmd_reload(int argc, char **argv) {
   gc_call_opts opts = {
       .timeout_s = timeout, .md_key = auth ? "authorization" : NULL, .md_value = auth};
   gc_status st;
-  ProtobufCMessage *m = unary(c, "/ballast.v1.Ballast/Reload", &req.base,
-                              &ballast__v1__reload_response__descriptor, &opts, &st);
+  ProtobufCMessage *m = ccli_unary(c, "/ballast.v1.Ballast/Reload", &req.base,
+                                   &ballast__v1__reload_response__descriptor, &opts, &st);
   gc_close(c);
   bool had_token = auth != NULL;
   free(auth);
   if (!m) {
-    call_failed("reload", &st);
+    ccli_call_failed("reload", &st);
     /* The server says the same for no token and a wrong one; say which. */
     if (st.code == GRPC_STATUS_UNAUTHENTICATED && !had_token)
       fprintf(stderr, "ballast reload: no token given (--token, --token-file or "

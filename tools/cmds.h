@@ -10,10 +10,11 @@ int cmd_kv_capacity(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_trace(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
-/* The gRPC clients of ballastd (cmd_client.c; cmd_client_off.c without the daemon). */
+/* The gRPC clients of ballastd (cmd_client.c, cmd_load.c; cmd_client_off.c without the daemon). */
 int cmd_chat(int argc, char **argv);
 int cmd_stats(int argc, char **argv);
 int cmd_health(int argc, char **argv);
 int cmd_reload(int argc, char **argv);
+int cmd_load(int argc, char **argv); /* cmd_load.c; cmd_client_off.c without the daemon */
 
 #endif

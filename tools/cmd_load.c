@@ -486,7 +486,8 @@ static bool run_aggregate(load_run *run, const load_req *rq, int n, load_worker 
     run_counts(run, rq, n, ttft, e2e, tpot, &n_lat, &n_tpot);
     size_t at = 0;
     for (int k = 0; k < nw; k++) {
-      memcpy(itl + at, ws[k].itl, ws[k].n_itl * sizeof *itl);
+      if (ws[k].n_itl) /* a worker whose requests all failed has no array */
+        memcpy(itl + at, ws[k].itl, ws[k].n_itl * sizeof *itl);
       at += ws[k].n_itl;
     }
     run->ttft = dist_of(ttft, (size_t)n_lat), run->e2e = dist_of(e2e, (size_t)n_lat);

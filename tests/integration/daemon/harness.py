@@ -656,6 +656,18 @@ def setup():
     return ballastd, model or None, filters
 
 
+def stop_shared(d, rc):
+    """After the tests: stop the shared daemon when the script started it;
+    a stop that is not clean (exit status, leaks) fails the script."""
+    if d.own:
+        try:
+            d.stop()
+        except Fail as e:
+            print(f"FAIL clean stop: {e}")
+            return 1
+    return rc
+
+
 def start_or_exit(ballastd, model):
     """The daemon the tests share: the external one, or one started on the
     tests' config; a daemon that does not start fails the script (status 1)."""

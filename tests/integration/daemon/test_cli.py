@@ -415,14 +415,7 @@ def main():
     ballastd, model, filters = h.setup()
     d = h.start_or_exit(ballastd, model)
     ctx = Ctx(d, ballastd, model, ballast)
-    rc = h.run_tests(TESTS, ctx, filters, daemon_of=lambda c: c.cur)
-    if d.own:
-        try:
-            d.stop()
-        except h.Fail as e:
-            print(f"FAIL clean stop: {e}")
-            rc = 1
-    return rc
+    return h.stop_shared(d, h.run_tests(TESTS, ctx, filters, daemon_of=lambda c: c.cur))
 
 
 if __name__ == "__main__":

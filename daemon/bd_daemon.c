@@ -82,7 +82,7 @@ bool bd_daemon_serving(bd_daemon *d, char *why, size_t n) {
     return false;
   }
   sched_stats s; /* the executor serves while one of its replicas is healthy */
-  bd_pool_stats(&d->engine.pools[0], &s);
+  sched_router_stats(d->engine.router, 0, &s);
   if (!s.healthy && why && n) snprintf(why, n, "%s", s.error);
   return s.healthy;
 }
@@ -109,11 +109,8 @@ void bd_daemon_render_metrics(bd_daemon *d, bd_text *out) {
   for (int i = 0; i < n; i++) {
     v[i].name = e->pools[i].name;
     v[i].precision = e->pools[i].precision;
-    bd_pool_stats(&e->pools[i], &v[i].stats);
+    v[i].replicas_healthy = sched_router_stats(e->router, i, &v[i].stats);
     v[i].replicas = e->pools[i].n_rep;
-    v[i].replicas_healthy = 0;
-    for (int r = 0; r < e->pools[i].n_rep; r++)
-      v[i].replicas_healthy += sched_pool_healthy(e->pools[i].rep[r].p, NULL, 0);
     v[i].calibrated_tps[0] = sched_router_calibrated(e->router, i, 1);
     v[i].calibrated_tps[1] = sched_router_calibrated(e->router, i, 8);
   }

@@ -50,10 +50,6 @@ typedef struct bd_pool {
   int32_t block_size, max_num_seqs; /* per replica */
 } bd_pool;
 
-/* The pool's stats, its replicas' folded (sched_stats_add: healthy while
- * one is). Thread-safe. */
-void bd_pool_stats(const bd_pool *p, sched_stats *out);
-
 /* What start-up hands the engine besides the config. */
 typedef struct bd_engine_opts {
   /* BALLAST_INJECT_FAULT, a test hook: "POOL[.R]:OP:N[:KIND]" wraps the

@@ -151,15 +151,6 @@ static bl_status pool_open(bd_engine *e, bd_pool *p, const char *name, const bd_
   return st;
 }
 
-void bd_pool_stats(const bd_pool *p, sched_stats *out) {
-  memset(out, 0, sizeof *out);
-  sched_stats one;
-  for (int r = 0; r < p->n_rep; r++) {
-    sched_pool_stats(p->rep[r].p, &one);
-    sched_stats_add(out, &one);
-  }
-}
-
 sched_router_cfg bd_engine_router_cfg(const bd_engine *e, const bd_config *c) {
   static_assert(BD_MAX_DEVICES <= SCHED_MAX_REPLICAS, "a replica per device");
   return (sched_router_cfg){.executors = e->pools[0].sps,

@@ -72,7 +72,7 @@ void bd_metrics_reload(bd_metrics *m, bool ok);
 typedef struct bd_pool_view {
   const char *name;      /* "executor", "planner" */
   const char *precision; /* "w2", "fp16" */
-  sched_stats stats;     /* its replicas' folded (bd_pool_stats) */
+  sched_stats stats;     /* its replicas' folded (sched_router_stats) */
   int32_t replicas, replicas_healthy;
   double calibrated_tps[2]; /* batch 1, batch 8; 0: not measured */
 } bd_pool_view;

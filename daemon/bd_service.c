@@ -189,7 +189,7 @@ static void get_stats(bd_grpc *g, bd_incoming *in) {
   Ballast__V1__PoolStats ps[2], *pp[2];
   for (int i = 0; i < e->n_pools; i++) {
     sched_stats st;
-    bd_pool_stats(&e->pools[i], &st);
+    sched_router_stats(e->router, i, &st);
     ballast__v1__pool_stats__init(&ps[i]);
     ps[i].name = (char *)e->pools[i].name;
     ps[i].steps = st.steps;

@@ -168,14 +168,23 @@ bl_status router_policy(const rconf *c, const char *name, const sched_policy_ove
 
 /* ---- throughput ------------------------------------------------------- */
 
-double sched_router_tps(sched_router *r, int which, int32_t batch) {
+int32_t sched_router_stats(sched_router *r, int which, sched_stats *out) {
   const rrole *ro = &r->role[which ? 1 : 0];
-  if (!ro->n) return 0;
-  sched_stats s = {0}, one;
+  memset(out, 0, sizeof *out);
+  int32_t healthy = 0;
+  sched_stats one;
   for (int32_t i = 0; i < ro->n; i++) {
     sched_pool_stats(ro->p[i], &one);
-    sched_stats_add(&s, &one);
+    sched_stats_add(out, &one);
+    healthy += one.healthy;
   }
+  return healthy;
+}
+
+double sched_router_tps(sched_router *r, int which, int32_t batch) {
+  if (!r->role[which ? 1 : 0].n) return 0;
+  sched_stats s;
+  sched_router_stats(r, which, &s);
   if (batch >= 1 && batch <= SCHED_TPS_MAX_BATCH &&
       s.decode_tps[batch].steps >= SCHED_ACCT_MIN_STEPS)
     return sched_tps_at(&s, batch, true);

@@ -209,6 +209,10 @@ typedef struct sched_agg {
 void sched_router_aggs(sched_router *r, void (*fn)(const sched_agg *a, void *user), void *user);
 /* The auto router's state, for metrics. */
 sched_auto *sched_router_auto(sched_router *r);
+/* A role's stats (0 executor, 1 planner), its replicas' folded with
+ * sched_stats_add (healthy while one is); returns how many replicas are
+ * healthy. Thread-safe. */
+int32_t sched_router_stats(sched_router *r, int which, sched_stats *out);
 /* The router's phases in flight on replica i of a role (0 executor, 1
  * planner): what it balances on. */
 int32_t sched_router_load(sched_router *r, int which, int32_t i);

@@ -656,6 +656,20 @@ def setup():
     return ballastd, model or None, filters
 
 
+def take_exe(i, name):
+    """Remove argv[i], an executable the test runs besides ballastd (before
+    setup() reads the rest), and return its absolute path; exit 2 when it
+    is missing, 1 when it is not executable."""
+    if len(sys.argv) <= i:
+        print(f"usage: {sys.argv[0]} BALLASTD PROTO_DIR {name} [NAME_FILTER...]")
+        sys.exit(2)
+    path = os.path.abspath(sys.argv.pop(i))
+    if not os.access(path, os.X_OK):
+        print(f"{path!r} is not an executable")
+        sys.exit(1)
+    return path
+
+
 def stop_shared(d, rc):
     """After the tests: stop the shared daemon when the script started it;
     a stop that is not clean (exit status, leaks) fails the script."""

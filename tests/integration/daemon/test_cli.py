@@ -405,13 +405,7 @@ TESTS = [test_help, test_chat_greedy, test_chat_controls, test_chat_errors, test
 
 
 def main():
-    if len(sys.argv) < 4:
-        print(f"usage: {sys.argv[0]} BALLASTD PROTO_DIR BALLAST [NAME_FILTER...]")
-        return 2
-    ballast = os.path.abspath(sys.argv.pop(3))  # the rest is harness.setup's argv
-    if not os.access(ballast, os.X_OK):
-        print(f"{ballast!r} is not an executable")
-        return 1
+    ballast = h.take_exe(3, "BALLAST")  # the rest is harness.setup's argv
     ballastd, model, filters = h.setup()
     d = h.start_or_exit(ballastd, model)
     ctx = Ctx(d, ballastd, model, ballast)

@@ -9,7 +9,8 @@
  *    its label in the error); the others go on, and new requests go to the
  *    healthy ones; with none healthy a submit is refused (BL_EDEVICE);
  *  - the router refuses replica sets it cannot balance over;
- *  - sched_stats_add folds replica stats as scheduler.h says.
+ *  - sched_stats_add folds replica stats as scheduler.h says, and
+ *    sched_router_stats folds a role's.
  * usage: test_replicas TESTS_DATA_DIR */
 #include <stdio.h>
 #include <stdlib.h>
@@ -203,11 +204,8 @@ static void test_one_unhealthy(const char *dir) {
   drain(&w);
   T_CHECKF(c.fin == SCHED_R_LENGTH && d.fin == SCHED_R_LENGTH, "c %d d %d", c.fin, d.fin);
   /* the role's stats: healthy while one replica is */
-  sched_stats sum = {0}, s;
-  for (int i = 0; i < 2; i++) {
-    sched_pool_stats(w.p[i], &s);
-    sched_stats_add(&sum, &s);
-  }
+  sched_stats sum;
+  sched_router_stats(w.r, 0, &sum);
   T_CHECKF(sum.healthy && !sum.error[0], "folded: healthy %d error %s", sum.healthy, sum.error);
   T_CHECKF(sum.finished == 4, "folded finished %llu", (unsigned long long)sum.finished);
 done:
@@ -228,11 +226,8 @@ static void test_none_healthy(const char *dir) {
   T_CHECKF(st == BL_EDEVICE && strstr(err.msg, "executor replica 0 (cpu) is unhealthy"),
            "a submit with no healthy replica: %s: %s", bl_status_str(st), err.msg);
   T_CHECKF(c.finals == 0, "a refused request got %d finals", c.finals);
-  sched_stats sum = {0}, s;
-  for (int i = 0; i < 2; i++) {
-    sched_pool_stats(w.p[i], &s);
-    sched_stats_add(&sum, &s);
-  }
+  sched_stats sum;
+  sched_router_stats(w.r, 0, &sum);
   T_CHECKF(!sum.healthy && strstr(sum.error, "replica 0"), "folded: %d %s", sum.healthy, sum.error);
 done:
   world_free(&w);

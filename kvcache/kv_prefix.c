@@ -121,7 +121,7 @@ int32_t kv_available(const kv_pool *p, const kv_prefix *pre) {
 }
 
 bl_status kv_reserve(kv_pool *p, kv_prefix *pre, kv_seq *s, int32_t n_tokens) {
-  int32_t bs = p->dev.block_size;
+  int32_t bs = p->dev[0].block_size;
   int32_t need = (n_tokens + bs - 1) / bs - s->n_blocks;
   if (need > kv_available(p, pre)) return BL_AGAIN;
   while (need > p->n_free)
@@ -200,22 +200,27 @@ void kv_prefix_commit(kv_pool *p, kv_prefix *pre, kv_seq *s, const int32_t *toke
 /* ---- copy-on-write ---------------------------------------------------- */
 
 bool kv_needs_cow(const kv_pool *p, const kv_seq *s, int32_t pos) {
-  int32_t i = pos / p->dev.block_size;
+  int32_t i = pos / p->dev[0].block_size;
   return i < s->n_blocks && p->refs[s->blocks[i]] > 1;
 }
 
-/* Copy block src to dst in every layer's K and V (values and per-block
- * scales live in the block's units; per-tensor scales are shared). */
-static bl_status copy_block(kv_pool *p, int32_t dst, int32_t src) {
-  const bk_kv_cache *d = &p->dev;
-  size_t blk = (size_t)d->n_kv_heads * bk_kv_unit_bytes(d);
-  for (int32_t l = 0; l < d->n_layers; l++) {
-    bl_status st = p->be->copy(p->be, (char *)d->k[l] + (size_t)dst * blk,
-                               (const char *)d->k[l] + (size_t)src * blk, blk);
-    if (!st)
-      st = p->be->copy(p->be, (char *)d->v[l] + (size_t)dst * blk,
-                       (const char *)d->v[l] + (size_t)src * blk, blk);
-    if (st) return st;
+/* Copy block src to dst in every shard's every layer's K and V (values and
+ * per-block scales live in the block's units; per-tensor scales are
+ * shared). *at: the shard that failed. */
+static bl_status copy_block(kv_pool *p, int32_t dst, int32_t src, int32_t *at) {
+  for (int32_t i = 0; i < p->n_shards; i++) {
+    const bk_kv_cache *d = &p->dev[i];
+    bk_backend *be = p->bes[i];
+    size_t blk = (size_t)d->n_kv_heads * bk_kv_unit_bytes(d);
+    *at = i;
+    for (int32_t l = 0; l < d->n_layers; l++) {
+      bl_status st = be->copy(be, (char *)d->k[l] + (size_t)dst * blk,
+                              (const char *)d->k[l] + (size_t)src * blk, blk);
+      if (!st)
+        st = be->copy(be, (char *)d->v[l] + (size_t)dst * blk,
+                      (const char *)d->v[l] + (size_t)src * blk, blk);
+      if (st) return st;
+    }
   }
   return BL_OK;
 }
@@ -223,16 +228,18 @@ static bl_status copy_block(kv_pool *p, int32_t dst, int32_t src) {
 bl_status kv_make_writable(kv_pool *p, kv_prefix *pre, kv_seq *s, int32_t pos, bl_err *err) {
   if (!kv_needs_cow(p, s, pos)) return BL_OK;
   if (p->n_free == 0 && !(pre && evict_one(p, pre))) return BL_AGAIN;
-  int32_t i = pos / p->dev.block_size, old = s->blocks[i];
+  int32_t i = pos / p->dev[0].block_size, old = s->blocks[i];
   int32_t fresh = p->free_ids[--p->n_free];
   p->refs[fresh] = 1;
-  bl_status st = copy_block(p, fresh, old);
+  int32_t at = 0;
+  bl_status st = copy_block(p, fresh, old, &at);
   if (st) {
     unref(p, fresh);
-    const char *why = p->be->last_error ? p->be->last_error(p->be) : NULL; /* the device's */
+    const bk_backend *be = p->bes[at];
+    const char *why = be->last_error ? be->last_error(be) : NULL; /* the device's */
     if (why && *why)
       return bl_fail(err, st, "%s; kv cache: copy-on-write of block %d failed", why, old);
-    return bl_fail(err, st, "kv cache: copy-on-write of block %d failed on %s", old, p->be->name);
+    return bl_fail(err, st, "kv cache: copy-on-write of block %d failed on %s", old, be->name);
   }
   s->blocks[i] = fresh;
   if (pre && pre->cached[old] && p->refs[old] == 2) pre->n_evictable++;

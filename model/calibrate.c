@@ -168,8 +168,8 @@ static bl_status run_layer(calib_run *r, int32_t l, bool write, bl_err *err) {
                      .block_tables = r->seq.blocks};
     float *x = r->x + (size_t)t0 * hid;
     bl_status st =
-        l < 0 ? model_forward_layers(r->m, &r->kv.dev, &b, 0, 0, NULL, x, err)
-              : model_forward_layers(r->m, &r->kv.dev, &b, l, l + 1, x, write ? x : NULL, err);
+        l < 0 ? model_forward_layers(r->m, r->kv.dev, &b, 0, 0, NULL, x, err)
+              : model_forward_layers(r->m, r->kv.dev, &b, l, l + 1, x, write ? x : NULL, err);
     if (st) return st;
   }
   return BL_OK;

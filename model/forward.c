@@ -63,7 +63,7 @@ static bl_status scratch_ensure(model *m, int32_t n_tok, int32_t n_out, int32_t 
   s->gate = be->alloc(be, t * (size_t)c->intermediate * 4);
   s->up = be->alloc(be, t * (size_t)c->intermediate * 4);
   s->xo = be->alloc(be, (size_t)no * (size_t)c->hidden * 4);
-  s->logits = be->alloc(be, (size_t)no * (size_t)c->vocab * 4);
+  s->logits = be->alloc(be, (size_t)no * (size_t)m->lm_head.rows * 4);
   s->meta = be->alloc(be, 4 * t * 4);
   s->bt = be->alloc(be, (size_t)nb * 4);
   if (!s->x || !s->h || !s->att || !s->q || !s->k || !s->v || !s->gate || !s->up || !s->xo ||
@@ -118,21 +118,25 @@ static void op_failed(const model *m, bk_backend *be, const char *call, bl_statu
     }                                                                                              \
   } while (0)
 
-static bl_status layer_forward(model *m, const model_layer *ly, int32_t l, const bk_kv_cache *kv,
-                               const bk_attn_batch *ab, const int32_t *pos, const int32_t *slots,
-                               int32_t n, bl_err *err) {
-  bk_backend *be = m->be;
-  model_scratch *s = m->scratch;
-  const model_config *c = &m->cfg;
-  bk_heads heads = {.n_heads = c->n_heads,
+static bk_heads heads_of(const model_config *c) {
+  return (bk_heads){.n_heads = c->n_heads,
                     .n_kv_heads = c->n_kv_heads,
                     .head_dim = c->head_dim,
                     .rope_theta = c->rope_theta,
                     .rope_style = BK_ROPE_NEOX,
                     .norm_eps = c->norm_eps};
-  size_t hid = (size_t)n * (size_t)c->hidden;
+}
+
+/* The attention half of layer l up to its output projection, which is left
+ * in s->h (a partial sum on a tensor-parallel shard). */
+static bl_status attn_part(model *m, const model_layer *ly, int32_t l, const bk_kv_cache *kv,
+                           const bk_attn_batch *ab, bl_err *err) {
+  bk_backend *be = m->be;
+  model_scratch *s = m->scratch;
+  const model_config *c = &m->cfg;
+  bk_heads heads = heads_of(c);
+  int32_t n = ab->n_tok, *pos = s->meta + n, *slots = s->meta + 3 * n;
   bl_status st;
-  int32_t qd = c->n_heads * c->head_dim;
   OP(be->rmsnorm(be, s->h, s->x, ly->attn_norm, n, c->hidden, c->norm_eps));
   OP(capture(m, l, MODEL_CAP_ATTN_IN, s->h, n, c->hidden, err));
   OP(be->matmul(be, s->q, s->h, &ly->wq, n));
@@ -141,9 +145,17 @@ static bl_status layer_forward(model *m, const model_layer *ly, int32_t l, const
   OP(be->qk_norm_rope(be, s->q, s->k, ly->q_norm, ly->k_norm, pos, n, &heads));
   OP(be->kv_write(be, kv, l, s->k, s->v, slots, n));
   OP(be->attention(be, s->att, s->q, kv, l, ab, &heads));
-  OP(capture(m, l, MODEL_CAP_O_IN, s->att, n, qd, err));
+  OP(capture(m, l, MODEL_CAP_O_IN, s->att, n, c->n_heads * c->head_dim, err));
   OP(be->matmul(be, s->h, s->att, &ly->wo, n));
-  OP(be->add(be, s->x, s->h, hid));
+  return BL_OK;
+}
+
+/* The MLP half of layer l up to its down projection, left in s->h. */
+static bl_status mlp_part(model *m, const model_layer *ly, int32_t l, int32_t n, bl_err *err) {
+  bk_backend *be = m->be;
+  model_scratch *s = m->scratch;
+  const model_config *c = &m->cfg;
+  bl_status st;
   OP(be->rmsnorm(be, s->h, s->x, ly->ffn_norm, n, c->hidden, c->norm_eps));
   OP(capture(m, l, MODEL_CAP_MLP_IN, s->h, n, c->hidden, err));
   OP(be->matmul(be, s->gate, s->h, &ly->gate, n));
@@ -151,8 +163,26 @@ static bl_status layer_forward(model *m, const model_layer *ly, int32_t l, const
   OP(be->silu_mul(be, s->gate, s->gate, s->up, (size_t)n * (size_t)c->intermediate));
   OP(capture(m, l, MODEL_CAP_DOWN_IN, s->gate, n, c->intermediate, err));
   OP(be->matmul(be, s->h, s->gate, &ly->down, n));
-  OP(be->add(be, s->x, s->h, hid));
   return BL_OK;
+}
+
+/* x += h: a part's output joins the residual stream. */
+static bl_status residual_add(model *m, int32_t n, bl_err *err) {
+  bk_backend *be = m->be;
+  bl_status st;
+  OP(be->add(be, m->scratch->x, m->scratch->h, (size_t)n * (size_t)m->cfg.hidden));
+  return BL_OK;
+}
+
+static bl_status layer_forward(model *m, int32_t l, const bk_kv_cache *kv, const bk_attn_batch *ab,
+                               bl_err *err) {
+  const model_layer *ly = &m->layers[l];
+  int32_t n = ab->n_tok;
+  bl_status st = attn_part(m, ly, l, kv, ab, err);
+  if (!st) st = residual_add(m, n, err);
+  if (!st) st = mlp_part(m, ly, l, n, err);
+  if (!st) st = residual_add(m, n, err);
+  return st;
 }
 
 /* Validate b, size the scratch, upload the step's metadata and fill *ab. */
@@ -190,17 +220,80 @@ static bl_status step_begin(model *m, const bk_kv_cache *kv, const model_batch *
 
 static bl_status run_layers(model *m, const bk_kv_cache *kv, const bk_attn_batch *ab, int32_t l0,
                             int32_t l1, bl_err *err) {
-  model_scratch *s = m->scratch;
-  int32_t n = ab->n_tok, *pos = s->meta + n, *slots = s->meta + 3 * n;
   for (int32_t l = l0; l < l1; l++) {
-    bl_status st = layer_forward(m, &m->layers[l], l, kv, ab, pos, slots, n, err);
+    bl_status st = layer_forward(m, l, kv, ab, err);
     if (st) return st;
   }
   return BL_OK;
 }
 
+/* After the layers: the final norm and lm_head over the tokens b->out_tok
+ * lists, left on the device in s->logits [n_out][lm_head.rows]. */
+static bl_status head_forward(model *m, const model_batch *b, bl_err *err) {
+  const model_config *c = &m->cfg;
+  bk_backend *be = m->be;
+  model_scratch *s = m->scratch;
+  size_t row = (size_t)c->hidden * 4;
+  bl_status st;
+  for (int32_t i = 0; i < b->n_out; i++) {
+    if (b->out_tok[i] < 0 || b->out_tok[i] >= b->n_tok)
+      return bl_fail(err, BL_EINVAL, "forward: output token %d out of range", b->out_tok[i]);
+    OP(be->copy(be, (char *)s->xo + (size_t)i * row, (char *)s->x + (size_t)b->out_tok[i] * row,
+                row));
+  }
+  OP(be->rmsnorm(be, s->xo, s->xo, m->final_norm, b->n_out, c->hidden, c->norm_eps));
+  OP(be->matmul(be, s->logits, s->xo, &m->lm_head, b->n_out));
+  return BL_OK;
+}
+
+/* A tensor-parallel step: each layer's two parts on every shard, the
+ * partial outputs summed across shards, then each shard's slice of the
+ * vocabulary. The shards' ops are queued in turn from this thread, so
+ * devices that queue work run them concurrently. */
+static bl_status tp_forward(model *m, const bk_kv_cache *kv, const model_batch *b, float *logits,
+                            bl_err *err) {
+  model_tp *tp = m->tp;
+  int32_t n_sh = tp->n, n = b->n_tok;
+  bk_attn_batch ab[MODEL_MAX_TP];
+  float *parts[MODEL_MAX_TP];
+  bl_status st = BL_OK;
+  for (int32_t i = 0; !st && i < n_sh; i++) {
+    model *sh = tp->shard[i];
+    bk_backend *be = sh->be;
+    if ((st = step_begin(sh, &kv[i], b, &ab[i], err))) return st;
+    OP(be->embed(be, sh->scratch->x, &sh->embed, sh->scratch->meta, n));
+    parts[i] = sh->scratch->h;
+  }
+  size_t hid = (size_t)n * (size_t)m->cfg.hidden;
+  for (int32_t l = 0; l < m->cfg.n_layers; l++) {
+    for (int32_t i = 0; !st && i < n_sh; i++)
+      st = attn_part(tp->shard[i], &tp->shard[i]->layers[l], l, &kv[i], &ab[i], err);
+    if (!st) st = model_tp_all_reduce(m, parts, hid, err);
+    for (int32_t i = 0; !st && i < n_sh; i++)
+      st = residual_add(tp->shard[i], n, err);
+    for (int32_t i = 0; !st && i < n_sh; i++)
+      st = mlp_part(tp->shard[i], &tp->shard[i]->layers[l], l, n, err);
+    if (!st) st = model_tp_all_reduce(m, parts, hid, err);
+    for (int32_t i = 0; !st && i < n_sh; i++)
+      st = residual_add(tp->shard[i], n, err);
+    if (st) return st;
+  }
+  if (b->n_out == 0) {
+    for (int32_t i = 0; !st && i < n_sh; i++)
+      if ((st = tp->shard[i]->be->sync(tp->shard[i]->be)))
+        op_failed(tp->shard[i], tp->shard[i]->be, "sync", st, err);
+    return st;
+  }
+  for (int32_t i = 0; !st && i < n_sh; i++)
+    st = head_forward(tp->shard[i], b, err);
+  for (int32_t i = 0; !st && i < n_sh; i++)
+    st = model_tp_gather_logits(m, i, b->n_out, logits, err);
+  return st;
+}
+
 bl_status model_forward(model *m, const bk_kv_cache *kv, const model_batch *b, float *logits,
                         bl_err *err) {
+  if (m->tp) return tp_forward(m, kv, b, logits, err);
   const model_config *c = &m->cfg;
   bk_backend *be = m->be;
   bk_attn_batch ab;
@@ -210,15 +303,7 @@ bl_status model_forward(model *m, const bk_kv_cache *kv, const model_batch *b, f
   OP(be->embed(be, s->x, &m->embed, s->meta, b->n_tok));
   if ((st = run_layers(m, kv, &ab, 0, c->n_layers, err))) return st;
   if (b->n_out == 0) return be->sync(be);
-  size_t row = (size_t)c->hidden * 4;
-  for (int32_t i = 0; i < b->n_out; i++) {
-    if (b->out_tok[i] < 0 || b->out_tok[i] >= b->n_tok)
-      return bl_fail(err, BL_EINVAL, "forward: output token %d out of range", b->out_tok[i]);
-    OP(be->copy(be, (char *)s->xo + (size_t)i * row, (char *)s->x + (size_t)b->out_tok[i] * row,
-                row));
-  }
-  OP(be->rmsnorm(be, s->xo, s->xo, m->final_norm, b->n_out, c->hidden, c->norm_eps));
-  OP(be->matmul(be, s->logits, s->xo, &m->lm_head, b->n_out));
+  if ((st = head_forward(m, b, err))) return st;
   OP(be->download(be, logits, s->logits, (size_t)b->n_out * (size_t)c->vocab * 4));
   return BL_OK;
 }
@@ -227,6 +312,9 @@ bl_status model_forward_layers(model *m, const bk_kv_cache *kv, const model_batc
                                int32_t l1, const float *x_in, float *x_out, bl_err *err) {
   const model_config *c = &m->cfg;
   bk_backend *be = m->be;
+  if (m->tp)
+    return bl_fail(err, BL_EUNSUPPORTED, "%s: layer-range steps run on one backend, not %d shards",
+                   m->path, m->tp->n);
   if (l0 < 0 || l1 > c->n_layers || l0 > l1 || (!x_in && l0 != 0))
     return bl_fail(err, BL_EINVAL, "forward: layers [%d, %d) of %d (embedding only enters layer 0)",
                    l0, l1, c->n_layers);
@@ -242,4 +330,11 @@ bl_status model_forward_layers(model *m, const bk_kv_cache *kv, const model_batc
   if ((st = run_layers(m, kv, &ab, l0, l1, err))) return st;
   if (x_out) OP(be->download(be, x_out, s->x, bytes));
   return be->sync(be);
+}
+
+bl_status model_read_logits(model *m, float *out, size_t count, bl_err *err) {
+  bk_backend *be = m->be;
+  bl_status st;
+  OP(be->download(be, out, m->scratch->logits, count * sizeof(float)));
+  return BL_OK;
 }

@@ -191,10 +191,18 @@ bool model_group_size_fits(const model_config *c, int32_t gs) {
          (c->n_heads * c->head_dim) % gs == 0;
 }
 
-int32_t model_auto_group_size(const model_config *c) {
+int32_t model_auto_group_size(const model_config *c) { return model_auto_group_size_split(c, 1); }
+
+int32_t model_auto_group_size_split(const model_config *c, int32_t n) {
   static const int32_t sizes[] = {128, 64, 32};
+  model_config shard = *c;
+  if (n > 1 && c->n_heads % n == 0 && c->intermediate % n == 0) {
+    shard.n_heads /= n; /* the shards' o and down inputs; the rest is whole */
+    shard.intermediate /= n;
+  }
   for (int i = 0; i < 3; i++)
-    if (model_group_size_fits(c, sizes[i])) return sizes[i];
+    if (model_group_size_fits(c, sizes[i]) && model_group_size_fits(&shard, sizes[i]))
+      return sizes[i];
   return 0;
 }
 
@@ -394,7 +402,8 @@ bl_status model_load(const char *path, const model_load_opts *opts, bk_backend *
   if (native_gptq) {
     m->group_size = L.gi.group_size; /* -1: one group per row, as stored */
   } else if (m->prec != MODEL_PREC_FP16) {
-    m->group_size = opts->group_size ? opts->group_size : model_auto_group_size(c);
+    m->group_size =
+        opts->group_size ? opts->group_size : model_auto_group_size_split(c, opts->split);
     if (m->group_size <= 0) {
       st = bl_fail(err, BL_EUNSUPPORTED, "%s: no group size of 32/64/128 divides the layer widths",
                    path);
@@ -435,6 +444,7 @@ fail:
 
 void model_free(model *m) {
   if (!m) return;
+  bk_backend *host = m->tp ? model_tp_release(m) : NULL;
   bk_backend *be = m->be;
   if (m->layers) {
     for (int32_t i = 0; i < m->cfg.n_layers; i++) {
@@ -466,6 +476,7 @@ void model_free(model *m) {
   tok_free(m->tok);
   free(m->path);
   free(m);
+  bk_destroy(host);
 }
 
 uint64_t model_weight_bytes(const model *m) {

@@ -12,6 +12,8 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "bk_comm.h"
+#include "kv_cache.h"
 #include "bl_status.h"
 #include "tokenizer.h"
 
@@ -57,10 +59,13 @@ typedef struct model_load_opts {
   bool sym;             /* when quantizing at load: symmetric groups */
   const char *tokenizer_path; /* override: a tokenizer.json, a folder holding one or a .gguf;
                                * NULL = from the model */
+  int32_t split; /* when quantizing at load with group_size 0: a group size that also fits
+                  * this many tensor-parallel shards (0 or 1: no split) */
 } model_load_opts;
 
 typedef struct model_store model_store; /* host memory and mappings behind the weights */
 typedef struct model_scratch model_scratch;
+typedef struct model_tp model_tp; /* the shards of a tensor-parallel model (model/tp.c) */
 
 /* Where the forward pass can show a linear's input (calibration, e.g. GPTQ
  * Hessians). Each point feeds the linears listed. */
@@ -95,6 +100,8 @@ typedef struct model {
   model_store *store;
   model_scratch *scratch;
   const model_capture *capture; /* NULL normally; not owned */
+  model_tp *tp;                 /* NULL: the model runs on be. Else tensor-parallel: be is the host
+                                 * backend holding the unsplit weights and the shards run the steps */
 } model;
 
 /* A tokenizer alone: tokenizer.json, a folder holding one, or a .gguf file's
@@ -109,6 +116,9 @@ bl_status model_load(const char *path, const model_load_opts *opts, bk_backend *
  * 128, 64, 32 that divides every linear's input width (hidden,
  * intermediate, n_heads * head_dim); 0 when none does. */
 int32_t model_auto_group_size(const model_config *c);
+/* model_auto_group_size for the shards of an n-way tensor-parallel split
+ * (n <= 1: the whole model); 0 when none fits. */
+int32_t model_auto_group_size_split(const model_config *c, int32_t n);
 /* Does group size gs divide every linear's input width? */
 bool model_group_size_fits(const model_config *c, int32_t gs);
 
@@ -125,6 +135,43 @@ void model_free(model *m);
 
 /* Bytes of weights one decode step reads (all linears + lm_head). */
 uint64_t model_weight_bytes(const model *m);
+
+/* ---- tensor parallelism (model/tp.c) ---------------------------------
+ *
+ * A tensor-parallel model splits every layer across n shards, one backend
+ * each (Megatron style): q/k/v and gate/up by output rows (whole heads,
+ * whole quantization groups of the intermediate width), o and down by
+ * input columns, with one all-reduce (bk_comm) after each of those two;
+ * lm_head by vocabulary rows, each shard writing its columns of the
+ * logits; embeddings and norms on every shard. Shard i holds kv heads
+ * [i*kv/n, (i+1)*kv/n), so its KV cache is that part (kv_pool_init_shards).
+ * model_forward takes the shards' caches as an array kv[0..n). */
+#define MODEL_MAX_TP 8
+
+/* Why c (at precision prec with quantization groups of group_size, 0 for
+ * fp16, -1 for one group per row) cannot split n ways: BL_EINVAL with the
+ * reason, or BL_OK. */
+bl_status model_tp_check(const model_config *c, int32_t group_size, int32_t n, bl_err *err);
+/* Split full (loaded on a CPU backend, which it must own: it becomes the
+ * host backend and is destroyed with the model) across bes[0..n) and sum
+ * through comm (owned from then on, even on failure). n == 1 is allowed.
+ * On failure full, host and comm are freed. */
+bl_status model_tp_create(model *full, bk_backend *host, bk_backend *const *bes, int32_t n,
+                          bk_comm *comm, model **out, bl_err *err);
+/* model_load on a host CPU backend, then model_tp_create with the
+ * communicator bk_comm_create picks for bes. */
+bl_status model_load_tp(const char *path, const model_load_opts *opts, bk_backend *const *bes,
+                        int32_t n, model **out, bl_err *err);
+/* Shards (1 for a model on one backend), shard i's backend, its kv heads. */
+int32_t model_n_shards(const model *m);
+bk_backend *model_shard_backend(const model *m, int32_t i);
+int32_t model_shard_kv_heads(const model *m);
+/* A paged KV cache for m with n_blocks blocks of block_size tokens: m's
+ * layers and head size, its kv heads split across its shards. */
+bl_status model_kv_pool_init(const model *m, kv_pool *p, bk_kvfmt fmt, bk_kvscale scaling,
+                             int32_t block_size, int32_t n_blocks, bl_err *err);
+/* "nccl", "host" or "" (not tensor-parallel): how the shards sum. */
+const char *model_tp_comm_name(const model *m);
 
 /* One step. Token t of the step has id ids[t], position pos[t], sequence
  * seq[t] (a row of block_tables) and writes its K/V at cache slot slots[t].

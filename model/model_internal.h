@@ -200,9 +200,32 @@ bl_status config_from_hf(const char *dir, model_config *c, gptq_info *gi, bool *
                          bl_err *err);
 bl_status config_from_gguf(const gguf_file *f, model_config *c, bl_err *err);
 
+/* ---- tensor parallelism (tp.c, used by forward.c) ---------------------- */
+
+struct model_tp {
+  int32_t n;
+  model *shard[MODEL_MAX_TP]; /* shard i runs on its own backend */
+  bk_comm *comm;
+  bk_backend *host;                 /* owned: the backend of the unsplit model */
+  int32_t vocab0[MODEL_MAX_TP + 1]; /* shard i's logits are columns [vocab0[i], vocab0[i+1]) */
+  float *host_logits;               /* host [n_out][largest slice], grown on demand */
+  size_t host_logits_n;
+};
+
+/* parts[i] (shard i's device f32 [count]) = the sum over shards. */
+bl_status model_tp_all_reduce(model *m, float *const *parts, size_t count, bl_err *err);
+/* Shard i's logits (its scratch, [n_out][slice]) into columns vocab0[i].. of
+ * the host logits [n_out][vocab]. */
+bl_status model_tp_gather_logits(model *m, int32_t i, int32_t n_out, float *logits, bl_err *err);
+/* Free the shards, communicator and buffers of m->tp; returns the host
+ * backend, which the caller destroys after the rest of m. */
+bk_backend *model_tp_release(model *m);
+
 /* ---- forward scratch -------------------------------------------------- */
 
 void model_scratch_free(model *m);
+/* The first count floats of the logits the last step left on m's device. */
+bl_status model_read_logits(model *m, float *out, size_t count, bl_err *err);
 
 /* Run decoder layers [l0, l1) of batch b alone (calibration): the residual
  * stream enters from x_in (host f32 [n_tok][hidden]), or from the embedding

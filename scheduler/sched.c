@@ -65,9 +65,8 @@ bl_status sched_pool_create(const sched_pool_cfg *cfg, sched_pool **out, bl_err 
   p->bt_stride = (p->max_seq_tokens + c.block_size - 1) / c.block_size + 1;
   pthread_mutex_init(&p->lock, NULL);
   pthread_cond_init(&p->wake, NULL);
-  const model_config *mc = &c.m->cfg;
-  bl_status st = kv_pool_init(&p->kv, c.m->be, c.kv_fmt, mc->n_layers, mc->n_kv_heads, mc->head_dim,
-                              c.block_size, c.n_blocks, err);
+  bl_status st =
+      model_kv_pool_init(c.m, &p->kv, c.kv_fmt, BK_KVS_HEAD, c.block_size, c.n_blocks, err);
   if (!st && c.prefix_cache) st = kv_prefix_init(&p->pre, c.n_blocks, c.block_size, err);
   if (st) {
     if (p->kv.be) kv_pool_destroy(&p->kv);
@@ -572,7 +571,7 @@ bl_status sched_pool_step(sched_pool *p, bool *idle, bl_err *err) {
                      .block_tables = p->bt,
                      .n_out = n_out,
                      .out_tok = p->out_tok};
-    st = model_forward(p->m, &p->kv.dev, &b, p->logits, &e);
+    st = model_forward(p->m, p->kv.dev, &b, p->logits, &e);
     f1 = sched_now();
   }
   if (st == BL_EDEVICE) { /* sticky: every request fails, the pool stops stepping */

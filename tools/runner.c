@@ -13,15 +13,7 @@ bl_status runner_init_kv(runner *r, model *m, int32_t n_seq, int32_t max_ctx, bk
   *r = (runner){.m = m, .n_seq = n_seq, .chunk = 256};
   const int32_t bs = 16;
   r->max_blocks = (max_ctx + bs - 1) / bs;
-  const model_config *c = &m->cfg;
-  kv_pool_cfg kc = {.fmt = fmt,
-                    .scaling = scaling,
-                    .n_layers = c->n_layers,
-                    .n_kv_heads = c->n_kv_heads,
-                    .head_dim = c->head_dim,
-                    .block_size = bs,
-                    .n_blocks = n_seq * r->max_blocks};
-  bl_status st = kv_pool_init_cfg(&r->kv, m->be, &kc, err);
+  bl_status st = model_kv_pool_init(m, &r->kv, fmt, scaling, bs, n_seq * r->max_blocks, err);
   if (st) return st;
   int32_t w = r->chunk > n_seq ? r->chunk : n_seq;
   r->seqs = calloc((size_t)n_seq, sizeof *r->seqs);
@@ -52,9 +44,9 @@ void runner_free(runner *r) {
 
 /* Grow sequence s to n tokens and refresh its block-table row. */
 static bl_status reserve(runner *r, int32_t s, int32_t n, bl_err *err) {
-  if (n > r->max_blocks * r->kv.dev.block_size)
+  if (n > r->max_blocks * r->kv.dev[0].block_size)
     return bl_fail(err, BL_ERANGE, "runner: sequence %d would exceed its context (%d tokens)", s,
-                   r->max_blocks * r->kv.dev.block_size);
+                   r->max_blocks * r->kv.dev[0].block_size);
   bl_status st = kv_seq_reserve(&r->kv, &r->seqs[s], n);
   if (st) return bl_fail(err, st, "runner: no KV blocks for sequence %d", s);
   memcpy(r->bt + (size_t)s * (size_t)r->max_blocks, r->seqs[s].blocks,
@@ -86,7 +78,7 @@ bl_status runner_prefill(runner *r, int32_t s, const int32_t *ids, int32_t n, fl
                      .block_tables = r->bt,
                      .n_out = last && out ? 1 : 0,
                      .out_tok = r->out};
-    if ((st = model_forward(r->m, &r->kv.dev, &b, out, err))) return st;
+    if ((st = model_forward(r->m, r->kv.dev, &b, out, err))) return st;
     r->len[s] += k;
     done += k;
   }
@@ -113,7 +105,7 @@ bl_status runner_decode(runner *r, const int32_t *ids, float *out, bl_err *err) 
                    .block_tables = r->bt,
                    .n_out = r->n_seq,
                    .out_tok = r->out};
-  bl_status st = model_forward(r->m, &r->kv.dev, &b, out, err);
+  bl_status st = model_forward(r->m, r->kv.dev, &b, out, err);
   if (st) return st;
   for (int32_t s = 0; s < r->n_seq; s++)
     r->len[s]++;

@@ -228,7 +228,7 @@ static bl_status run(model *m, const kv_kind *kind, const int32_t *prompt, int32
                      .block_tables = seq.blocks,
                      .n_out = k,
                      .out_tok = out + t0};
-    st = model_forward(m, &kv.dev, &b, logits + (size_t)t0 * vocab, err);
+    st = model_forward(m, kv.dev, &b, logits + (size_t)t0 * vocab, err);
     t0 += k;
   }
   kv_seq_free(&kv, &other);

@@ -280,13 +280,13 @@ static void test_pool(void) {
   T_CHECKF(strstr(err.msg, "multiple of 16") != NULL, "%s", err.msg);
   cfg.head_dim = 64;
   T_CHECKF(kv_pool_init_cfg(&p, be, &cfg, &err) == BL_OK, "%s", err.msg);
-  T_CHECK(p.dev.tensor_scales != NULL && bk_kv_unit_bytes(&p.dev) == 16 * (32 + 4));
-  for (int i = 0; p.dev.tensor_scales && i < 6; i++)
-    T_CHECK(p.dev.tensor_scales[i] == 0.0f);
+  T_CHECK(p.dev[0].tensor_scales != NULL && bk_kv_unit_bytes(&p.dev[0]) == 16 * (32 + 4));
+  for (int i = 0; p.dev[0].tensor_scales && i < 6; i++)
+    T_CHECK(p.dev[0].tensor_scales[i] == 0.0f);
   kv_pool_destroy(&p);
   cfg.fmt = BK_KV_FP8; /* per head by default: no tensor scales */
-  T_CHECK(kv_pool_init_cfg(&p, be, &cfg, &err) == BL_OK && p.dev.tensor_scales == NULL);
-  T_CHECK(bk_kv_unit_bytes(&p.dev) == 16 * (64 + 1));
+  T_CHECK(kv_pool_init_cfg(&p, be, &cfg, &err) == BL_OK && p.dev[0].tensor_scales == NULL);
+  T_CHECK(bk_kv_unit_bytes(&p.dev[0]) == 16 * (64 + 1));
   kv_pool_destroy(&p);
   bk_destroy(be);
 }

@@ -345,7 +345,7 @@ static bool logits_of(model *m, const int32_t *ids, int32_t len, float *logits) 
                    .block_tables = seq.blocks,
                    .n_out = len,
                    .out_tok = out};
-  ok = ok && model_forward(m, &kv.dev, &b, logits, &err) == BL_OK;
+  ok = ok && model_forward(m, kv.dev, &b, logits, &err) == BL_OK;
   if (!ok) fprintf(stderr, "forward: %s\n", err.msg);
   free(pos);
   kv_seq_free(&kv, &seq);

@@ -94,15 +94,15 @@ static bl_status run(model *m, const kv_kind *kind, const int32_t *ids, int32_t 
                      .block_tables = seq.blocks,
                      .n_out = k,
                      .out_tok = out + t0};
-    st = model_forward(m, &kv.dev, &b, logits + (size_t)t0 * (size_t)c->vocab, err);
+    st = model_forward(m, kv.dev, &b, logits + (size_t)t0 * (size_t)c->vocab, err);
     t0 += k;
   }
   if (!st && ratio) { /* the fp16 cache is host memory on the CPU backend */
     *ratio = 0;
-    size_t hd = (size_t)c->head_dim, ub = bk_kv_unit_bytes(&kv.dev);
+    size_t hd = (size_t)c->head_dim, ub = bk_kv_unit_bytes(&kv.dev[0]);
     for (int32_t l = 0; l < c->n_layers; l++)
       for (int which = 0; which < 2; which++) {
-        const uint8_t *base = which ? kv.dev.v[l] : kv.dev.k[l];
+        const uint8_t *base = which ? kv.dev[0].v[l] : kv.dev[0].k[l];
         float first = 0, all = 0;
         for (int32_t t = 0; t < n; t++)
           for (int32_t h = 0; h < c->n_kv_heads; h++) {

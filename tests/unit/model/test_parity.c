@@ -72,7 +72,7 @@ static double check_prefill(model *m, const ref_seq *s) {
                    .n_out = s->len,
                    .out_tok = out};
   double w = 1e9;
-  if (model_forward(m, &kv.dev, &b, logits, &err) == BL_OK)
+  if (model_forward(m, kv.dev, &b, logits, &err) == BL_OK)
     w = worst(logits, s->logits, (size_t)s->len * (size_t)vocab_of(m));
   else
     fprintf(stderr, "forward: %s\n", err.msg);
@@ -109,7 +109,7 @@ static double check_decode(model *m, const ref_seq *s) {
                      .block_tables = seq.blocks,
                      .n_out = 1,
                      .out_tok = &zero};
-    if (model_forward(m, &kv.dev, &b, logits, &err) != BL_OK) {
+    if (model_forward(m, kv.dev, &b, logits, &err) != BL_OK) {
       fprintf(stderr, "forward: %s\n", err.msg);
       w = 1e9;
       break;
@@ -195,7 +195,7 @@ static void check_export_roundtrip(bk_backend *be, const char *dir) {
                        .block_tables = seq.blocks,
                        .n_out = 5,
                        .out_tok = out_tok};
-      T_CHECK(model_forward(mem, &kv.dev, &b, a, &err) == BL_OK);
+      T_CHECK(model_forward(mem, kv.dev, &b, a, &err) == BL_OK);
       s.logits = a;
       double w = check_prefill(back, &s);
       fprintf(stderr, "export round trip w%d: worst error/tolerance %.2e\n", bits, w);

@@ -61,12 +61,17 @@
            "Precision of the linear layers; a model stored with more bits is quantized at load."), \
       ENUM("pools." G ".device", P.device, "cpu", "cpu|cuda", F_RESTART, "Backend."),              \
       INTS("pools." G ".devices", P.devices, P.n_devices, 0, 63, 0, F_RESTART,                     \
-           "GPU ids for device cuda, counted within CUDA_VISIBLE_DEVICES: one per replica, each "  \
-           "once (a replica spanning GPUs, tensor parallelism, is not built yet)."),               \
+           "GPU ids for device cuda, counted within CUDA_VISIBLE_DEVICES, each once: "             \
+           "tensor_parallel per replica, replica 0's first."),                                     \
       INT("pools." G ".replicas", P.replicas, 1, BD_MAX_DEVICES, 1, F_RESTART,                     \
           "Data-parallel replicas: copies of the model, each with its own scheduler thread and "   \
           "KV cache (kv_blocks or kv_budget_mb each) on its own device; a request goes to the "    \
           "least loaded healthy one. Several on device cpu share its cores (threads each)."),      \
+      INT("pools." G ".tensor_parallel", P.tensor_parallel, 1, BD_MAX_DEVICES, 1, F_RESTART,       \
+          "Backends one replica's model is split across (tensor parallelism): heads, kv heads "    \
+          "and intermediate width must divide by it; the shards sum their attention and MLP "      \
+          "outputs with NCCL, or through the host on device cpu or without NCCL. "                 \
+          "replicas x tensor_parallel is at most 8."),                                             \
       INT("pools." G ".threads", P.threads, 0, 1024, 0, F_RESTART,                                 \
           "CPU threads; 0: one per core."),                                                        \
       ENUM("pools." G ".kv_format", P.kv_format, "fp16", "fp16|fp8|nvfp4", F_RESTART,              \
@@ -595,23 +600,32 @@ static bl_status parse_policies(const pctx *p, bd_config *c) {
   return BL_OK;
 }
 
-/* A cuda pool names one GPU per replica, each once. */
+/* A pool has at most BD_MAX_DEVICES backends; a cuda pool names one GPU
+ * per backend (tensor_parallel per replica), each once. */
 static bl_status check_devices(const pctx *p, const bd_pool_cfg *pc, const char *group) {
-  if (!pc->present || strcmp(pc->device, "cuda")) return BL_OK;
+  if (!pc->present) return BL_OK;
   char key[48];
+  int32_t need = pc->replicas * pc->tensor_parallel;
+  if (need > BD_MAX_DEVICES) {
+    snprintf(key, sizeof key, "pools.%s.tensor_parallel", group);
+    return fail_at(p, near(p, key), key, BL_ERANGE,
+                   "%d replicas of %d backends each: a pool has at most %d backends",
+                   (int)pc->replicas, (int)pc->tensor_parallel, BD_MAX_DEVICES);
+  }
+  if (strcmp(pc->device, "cuda")) return BL_OK;
   snprintf(key, sizeof key, "pools.%s.devices", group);
-  if (pc->n_devices != pc->replicas)
+  if (pc->n_devices != need)
     return fail_at(p, near(p, key), key, BL_EINVAL,
-                   "lists %d GPU%s for %d replica%s: give one GPU id per replica (a replica "
-                   "spanning GPUs, tensor parallelism, is not built yet)",
+                   "lists %d GPU%s for %d replica%s of %d GPU%s each: give %d GPU ids",
                    (int)pc->n_devices, pc->n_devices == 1 ? "" : "s", (int)pc->replicas,
-                   pc->replicas == 1 ? "" : "s");
+                   pc->replicas == 1 ? "" : "s", (int)pc->tensor_parallel,
+                   pc->tensor_parallel == 1 ? "" : "s", (int)need);
   for (int32_t i = 0; i < pc->n_devices; i++)
     for (int32_t j = 0; j < i; j++)
       if (pc->devices[i] == pc->devices[j])
         return fail_at(p, near(p, key), key, BL_EINVAL,
-                       "GPU %d is listed twice: replicas on one GPU would share its memory and "
-                       "compute",
+                       "GPU %d is listed twice: two backends on one GPU would share its memory "
+                       "and compute",
                        (int)pc->devices[i]);
   return BL_OK;
 }

@@ -28,9 +28,10 @@ typedef struct bd_pool_cfg {
   char *tokenizer;                 /* NULL: the model's own */
   char *precision;                 /* "fp16", "w4", "w2" */
   char *device;                    /* "cpu", "cuda" */
-  int32_t devices[BD_MAX_DEVICES]; /* GPU ids (cuda): one per replica */
+  int32_t devices[BD_MAX_DEVICES]; /* GPU ids (cuda): tensor_parallel per replica, in order */
   int32_t n_devices;
   int32_t replicas;           /* data-parallel copies, each with its own scheduler and KV cache */
+  int32_t tensor_parallel;    /* backends one replica's model is split across */
   int32_t threads;            /* CPU threads; 0: the machine's cores */
   char *kv_format;            /* "fp16", "fp8", "nvfp4" */
   int32_t kv_blocks;          /* KV blocks; 0: from kv_budget_mb */

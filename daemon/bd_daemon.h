@@ -28,13 +28,15 @@
 
 /* ---- engine: models, pools, router ------------------------------------ */
 
-/* One data-parallel copy of a pool's model: its backend, model and
- * scheduler (with its thread and KV cache). */
+/* One data-parallel copy of a pool's model: its backends (several when
+ * the model is split, tensor_parallel), model and scheduler (with its
+ * thread and KV cache). */
 typedef struct bd_replica {
-  char device[16]; /* "cpu", "cuda:N" */
-  char label[48]; /* how its errors and logs name it: "executor pool", "executor replica 1 (cuda:1)"
-                   */
-  bk_backend *be;
+  char device[40]; /* "cpu", "cuda:N"; a split replica's joined with +: "cuda:0+1" */
+  char label[72];  /* how its errors and logs name it: "executor pool", "executor replica 1
+                    * (cuda:1)" */
+  bk_backend *bes[BD_MAX_DEVICES];
+  int n_be;
   model *m;
   sched_pool *p;
 } bd_replica;
@@ -48,6 +50,7 @@ typedef struct bd_pool {
   sched_pool *sps[BD_MAX_DEVICES]; /* rep[i].p, as the router takes them */
   int n_rep;
   int32_t block_size, max_num_seqs; /* per replica */
+  int32_t tensor_parallel;          /* backends per replica */
 } bd_pool;
 
 /* What start-up hands the engine besides the config. */

@@ -19,9 +19,10 @@
 #include "kv_format.h"
 #include "tokenizer.h"
 
-static bl_status backend(const bd_pool_cfg *pc, int r, bk_backend **out, bl_err *err) {
-  if (!strcmp(pc->device, "cuda")) /* bd_config: one GPU per replica */
-    return bk_cuda_create(pc->devices[r], out, err);
+/* Shard s of replica r's backend. */
+static bl_status backend(const bd_pool_cfg *pc, int r, int s, bk_backend **out, bl_err *err) {
+  if (!strcmp(pc->device, "cuda")) /* bd_config: tensor_parallel GPUs per replica */
+    return bk_cuda_create(pc->devices[r * pc->tensor_parallel + s], out, err);
   return bk_cpu_create(pc->threads, out, err);
 }
 
@@ -70,26 +71,35 @@ static void pool_unhealthy(sched_pool *sp, void *user) {
   if (e->opts.on_unhealthy) e->opts.on_unhealthy(e->opts.user);
 }
 
-/* Replica r of pool p: its backend (wrapped with fault when given), model
- * and scheduler thread. */
+/* Replica r of pool p: its backends (the first wrapped with fault when
+ * given), model (split across them when tensor_parallel > 1) and
+ * scheduler thread. */
 static bl_status replica_open(bd_engine *e, bd_pool *p, int r, const bd_pool_cfg *pc,
                               model_prec prec, bk_kvfmt fmt, bool executor, const char *fault,
                               bl_err *err) {
   bd_replica *x = &p->rep[r];
-  if (!strcmp(pc->device, "cuda"))
-    snprintf(x->device, sizeof x->device, "cuda:%d", pc->devices[r]);
-  else
-    snprintf(x->device, sizeof x->device, "cpu");
+  int tp = pc->tensor_parallel;
+  bool cuda = !strcmp(pc->device, "cuda");
+  char *d = x->device, *end = d + sizeof x->device;
+  for (int s = 0; s < tp && d < end; s++) /* "cuda:0+1", "cpu+cpu" */
+    if (cuda)
+      d += snprintf(d, (size_t)(end - d), s ? "+%d" : "cuda:%d", (int)pc->devices[r * tp + s]);
+    else
+      d += snprintf(d, (size_t)(end - d), s ? "+cpu" : "cpu");
   if (pc->replicas > 1)
     snprintf(x->label, sizeof x->label, "%s replica %d (%s)", p->name, r, x->device);
   else
     snprintf(x->label, sizeof x->label, "%s pool", p->name);
-  bl_status st = backend(pc, r, &x->be, err);
+  bl_status st = BL_OK;
+  for (int s = 0; !st && s < tp; s++) {
+    x->n_be = s + 1;
+    st = backend(pc, r, s, &x->bes[s], err);
+  }
   if (st) return st;
   if (fault) {
     bk_backend *w;
-    if ((st = bk_fault_wrap(x->be, fault, &w, err))) return st;
-    x->be = w;
+    if ((st = bk_fault_wrap(x->bes[0], fault, &w, err))) return st;
+    x->bes[0] = w;
     bl_log(BL_LOG_WARN,
            "%s: BALLAST_INJECT_FAULT: injecting faults into its backend (%s): a test hook, never "
            "for serving",
@@ -97,12 +107,17 @@ static bl_status replica_open(bd_engine *e, bd_pool *p, int r, const bd_pool_cfg
   }
   model_load_opts o = {.precision = prec, .tokenizer_path = pc->tokenizer};
   bl_log(BL_LOG_INFO, "%s: loading %s as %s on %s", x->label, pc->model, pc->precision, x->device);
-  if ((st = model_load(pc->model, &o, x->be, &x->m, err))) return st;
+  st = tp > 1 ? model_load_tp(pc->model, &o, x->bes, tp, &x->m, err)
+              : model_load(pc->model, &o, x->bes[0], &x->m, err);
+  if (st) return st;
+  if (tp > 1)
+    bl_log(BL_LOG_INFO, "%s: split %d ways, summing through %s", x->label, tp,
+           model_tp_comm_name(x->m));
   const model_config *mc = &x->m->cfg;
   int32_t blocks = pc->kv_blocks;
-  if (!blocks) {
-    uint64_t per = kv_block_bytes(fmt, BK_KVS_HEAD, mc->n_layers, mc->n_kv_heads, mc->head_dim,
-                                  pc->block_size);
+  if (!blocks) { /* the budget is each backend's: a shard holds its share of the kv heads */
+    uint64_t per = kv_block_bytes(fmt, BK_KVS_HEAD, mc->n_layers, model_shard_kv_heads(x->m),
+                                  mc->head_dim, pc->block_size);
     blocks = (int32_t)(((uint64_t)pc->kv_budget_mb << 20) / (per ? per : 1));
     if (blocks < 1)
       return bl_fail(err, BL_ERANGE, "pools.%s.kv_budget_mb %d: less than one %d-token block",
@@ -134,6 +149,7 @@ static bl_status pool_open(bd_engine *e, bd_pool *p, const char *name, const bd_
   snprintf(p->kv_format, sizeof p->kv_format, "%s", pc->kv_format);
   p->block_size = pc->block_size;
   p->max_num_seqs = pc->max_num_seqs;
+  p->tensor_parallel = pc->tensor_parallel;
   p->model_path = strdup(pc->model);
   if (!p->model_path) return bl_fail(err, BL_ENOMEM, "out of memory");
   model_prec prec;
@@ -224,7 +240,8 @@ void bd_engine_close(bd_engine *e) {
     for (int r = 0; r < p->n_rep; r++) {
       sched_pool_destroy(p->rep[r].p);
       model_free(p->rep[r].m);
-      if (p->rep[r].be) bk_destroy(p->rep[r].be);
+      for (int s = 0; s < p->rep[r].n_be; s++)
+        bk_destroy(p->rep[r].bes[s]);
     }
     free(p->model_path);
   }

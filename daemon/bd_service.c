@@ -105,6 +105,7 @@ static void server_info(bd_grpc *g, bd_incoming *in) {
       memcpy(errors[i][r + 1], one.error, sizeof one.error);
       ballast__v1__replica_info__init(&ri[i][r]);
       ri[i][r].device = (char *)p->rep[r].device;
+      ri[i][r].all_reduce = (char *)model_tp_comm_name(p->rep[r].m);
       ri[i][r].healthy = one.healthy;
       ri[i][r].error = one.healthy ? (char *)"" : errors[i][r + 1];
       ri[i][r].running = one.running;
@@ -121,6 +122,7 @@ static void server_info(bd_grpc *g, bd_incoming *in) {
     pi[i].kv_format = (char *)p->kv_format;
     pi[i].device = (char *)p->rep[0].device;
     pi[i].n_replicas = (size_t)p->n_rep;
+    pi[i].tensor_parallel = p->tensor_parallel;
     pi[i].replicas = rp[i];
     pi[i].kv_blocks_total = st.total_blocks;
     pi[i].kv_blocks_free = st.free_blocks;

@@ -18,6 +18,11 @@ after it, fails with BL_EDEVICE, as a sticky CUDA error would.
 - Two executor replicas, the fault on replica 0 (executor.0:...): only its
   request fails, naming the replica; the daemon stays ready and SERVING
   with one of two replicas healthy, and new requests all finish.
+- An executor split three ways (tensor_parallel = 3 on device cpu, shards
+  summed through the host): ServerInfo says so, and its greedy tokens are
+  those of the unsplit model; with the fault on its first shard, the
+  request in flight fails naming the pool and the fault, and the daemon
+  stays up.
 - A malformed BALLAST_INJECT_FAULT stops the start (status 1) with a message
   naming the variable, before any model loads.
 
@@ -251,6 +256,63 @@ def test_replica_fault(ctx):
         d._reap()
 
 
+def test_tensor_parallel(ctx):
+    """SmolLM2-135M split three ways (9 heads, 3 kv heads, intermediate
+    1536): ServerInfo shows the split, greedy tokens match the unsplit
+    model's, and a device error on shard 0 fails the split replica's
+    request with a clear status while the daemon stays up."""
+    own_only()
+
+    def cfg(tp):
+        return h.base_config(ctx.model, **{"controls.calibrate_tokens": 0, "pools.planner": None,
+                                          "pools.executor.tensor_parallel": tp,
+                                          "pools.executor.threads": 1})
+
+    def greedy(d, tag):
+        return generate(d.stub, request(prompt="Count from one to ten:", policy="direct",
+                                        max_tokens=24, ignore_eos=True, sampling=GREEDY,
+                                        request_id=tag), timeout=300)
+
+    tokens = {}
+    for tp in (1, 3):
+        d = ctx.cur = h.Daemon.start(ctx.ballastd, cfg(tp), name=f"ballastd-tp{tp}")
+        try:
+            info = d.info().pools[0]
+            want = "+".join(["cpu"] * tp)
+            expect(info.tensor_parallel == tp and info.replicas[0].device == want
+                   and info.replicas[0].all_reduce == ("host" if tp > 1 else ""),
+                   f"ServerInfo with tensor_parallel {tp}: {info}")
+            r = greedy(d, f"tp{tp}")
+            r.check_stream()
+            expect(r.final.finish_reason == FR().LENGTH, f"tp {tp}: {r.describe()}")
+            tokens[tp] = r.token_ids()
+            rc = d.stop(timeout=60, check=False)
+            expect(rc == 0, f"exit status {rc}; stderr:\n{d.stderr_tail()}")
+        finally:
+            ctx.cur = None
+            d._reap()
+    expect(len(tokens[1]) == 24 and tokens[3] == tokens[1],
+           f"split greedy tokens {tokens[3]} != unsplit {tokens[1]}")
+    print(f"#   24 greedy tokens split three ways = unsplit: {tokens[1][:8]}...", flush=True)
+
+    d = ctx.cur = h.Daemon.start(ctx.ballastd, cfg(3), name="ballastd-tp3-fault",
+                                 env={"BALLAST_INJECT_FAULT": FAULT})
+    try:
+        r = greedy(d, "tp3-fault")
+        r.check_stream()
+        expect(r.final.finish_reason == FR().ERROR and UNHEALTHY in r.final.error
+               and CAUSE in r.final.error, f"split replica fault: {r.describe()}")
+        after = greedy(d, "after")
+        expect(after.code == SC.UNAVAILABLE and UNHEALTHY in after.details,
+               f"after the fault: {after.describe()}")
+        expect(d.alive(), "ballastd exited")
+        rc = d.stop(timeout=60, check=False)
+        expect(rc == 0, f"exit status {rc} after SIGTERM; stderr:\n{d.stderr_tail()}")
+    finally:
+        ctx.cur = None
+        d._reap()
+
+
 def test_malformed_value(ctx):
     """A malformed BALLAST_INJECT_FAULT fails the start, naming the variable."""
     own_only()
@@ -278,7 +340,7 @@ def test_malformed_value(ctx):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-TESTS = [test_malformed_value, test_device_error, test_replica_fault]
+TESTS = [test_malformed_value, test_device_error, test_replica_fault, test_tensor_parallel]
 
 
 def main():

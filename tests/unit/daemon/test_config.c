@@ -202,8 +202,27 @@ static void test_types_and_ranges(void) {
               "t.conf:2: pools.executor.devices: entry 1: 64 is out of range [0, 63]");
   /* replicas: one GPU each on cuda, each GPU once; any number of cpu ones */
   T_PARSE_ERR("pools: { executor: { model = \"/m\"; device = \"cuda\";\n devices = [0, 1]; }; };\n",
-              "t.conf:2: pools.executor.devices: lists 2 GPUs for 1 replica: give one GPU id per "
-              "replica (a replica spanning GPUs, tensor parallelism, is not built yet)");
+              "t.conf:2: pools.executor.devices: lists 2 GPUs for 1 replica of 1 GPU each: give "
+              "1 GPU ids");
+  /* tensor parallelism: tensor_parallel GPUs per replica; at most 8 backends a pool */
+  T_PARSE_ERR("pools: { executor: { model = \"/m\"; device = \"cuda\";\n replicas = 2;\n "
+              "tensor_parallel = 2; devices = [0, 1, 2]; }; };\n",
+              "t.conf:3: pools.executor.devices: lists 3 GPUs for 2 replicas of 2 GPUs each: give "
+              "4 GPU ids");
+  T_PARSE_ERR("pools: { executor: { model = \"/m\";\n replicas = 3;\n tensor_parallel = 3; }; };\n",
+              "t.conf:3: pools.executor.tensor_parallel: 3 replicas of 3 backends each: a pool "
+              "has at most 8 backends");
+  T_PARSE_ERR("pools: { executor: { model = \"/m\";\n tensor_parallel = 9; }; };\n",
+              "t.conf:2: pools.executor.tensor_parallel: 9 is out of range [1, 8]");
+  {
+    bd_config *c = NULL;
+    bl_err err = {0};
+    const char *txt = "pools: { executor: { model = \"/m\"; device = \"cuda\"; replicas = 2;\n"
+                      "tensor_parallel = 2; devices = [3, 2, 1, 0]; }; };\n";
+    T_CHECKF(bd_config_parse(txt, NULL, &c, &err) == BL_OK, "%s", err.msg);
+    T_CHECK(c && c->executor.tensor_parallel == 2 && c->executor.n_devices == 4);
+    bd_config_free(c);
+  }
   T_PARSE_ERR("pools: { executor: { model = \"/m\"; device = \"cuda\"; replicas = 2; }; };\n",
               "t.conf:1: pools.executor.devices: lists 1 GPU for 2 replicas");
   T_PARSE_ERR("pools: { executor: { model = \"/m\"; device = \"cuda\";\n replicas = 2;\n "

@@ -24,11 +24,11 @@
 
 #include <stddef.h>
 
-#include "backend.h"
-
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+#include "backend.h"
 
 #define BK_COMM_MAX 8
 

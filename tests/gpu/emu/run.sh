@@ -7,6 +7,7 @@
 # (minutes); not part of meson or CI.
 #   tests/gpu/test_cuda_ops.c    every op against the CPU backend (after
 #                                emu/test_device_info.c: the device_info slot)
+#   tests/gpu/test_cuda_tp.c     tensor parallelism: communicators, split models
 #   tests/gpu/test_cuda_model.c  whole models (with model/, kvcache/ and the
 #                                engine's libraries): the tiny Qwen3s only
 #                                (~1.5 minutes). SmolLM2 takes ~11 minutes per
@@ -20,7 +21,7 @@ set -e
 S=$(cd "$(dirname "$0")/../../.." && pwd)
 E=$S/tests/gpu/emu
 O=${TMPDIR:-/tmp}/ballast-cuda-emu
-TESTS=${TESTS:-ops model}
+TESTS=${TESTS:-ops model tp}
 rm -rf "$O" && mkdir -p "$O/gen" "$O/eng" "$O/model"
 FLAGS="-O1 -g"
 [ -n "$SAN" ] && FLAGS="$FLAGS -fsanitize=address,alignment,bounds -fno-sanitize-recover=all"
@@ -44,6 +45,7 @@ CC="gcc -std=c11 $FLAGS -D_GNU_SOURCE -I$S/kernels -I$S/kvcache -I$S/common -I$S
 # the engine below the model: kernels, CPU backend, common
 $CC -c "$S/kernels/backend.c" -o "$O/eng/backend.o"
 $CC -c "$S/kernels/bk_fault.c" -o "$O/eng/bk_fault.o"
+$CC -c "$S/kernels/bk_comm.c" -o "$O/eng/bk_comm.o"
 $CC -c "$S/common/bl_status.c" -o "$O/eng/bl_status.o"
 $CC -c "$S/common/bl_log.c" -o "$O/eng/bl_log.o"
 for f in "$S"/kernels/cpu/*.c; do
@@ -77,6 +79,18 @@ for t in $TESTS; do
       ASAN_OPTIONS=detect_leaks=0 BALLAST_SMOLLM2_GGUF='' "$O/test_cuda_model" "$S/tests/data"
     fi
     ;;
-  *) echo "run.sh: unknown test '$t' (ops, model)" >&2; exit 2 ;;
+  tp)
+    # tensor parallelism: communicators and split tiny Qwen3s (after model's objects)
+    MCC="$CC -I$S/model $(pkg-config --cflags libcjson libpcre2-8 libutf8proc)"
+    for f in "$S"/model/*.c "$S"/kvcache/*.c "$S"/common/bl_file.c; do
+      o="$O/model/$(basename "$f" .c).o"
+      [ -f "$o" ] || $MCC -c "$f" -o "$o"
+    done
+    $MCC -c "$S/tests/gpu/test_cuda_tp.c" -o "$O/test_cuda_tp.o"
+    g++ $FLAGS -o "$O/test_cuda_tp" "$O/test_cuda_tp.o" "$O"/model/*.o "$O"/eng/*.o \
+      "$O"/gen/*.o $(pkg-config --libs libcjson libpcre2-8 libutf8proc) $LIBS
+    ASAN_OPTIONS=detect_leaks=0 "$O/test_cuda_tp" "$S/tests/data"
+    ;;
+  *) echo "run.sh: unknown test '$t' (ops, model, tp)" >&2; exit 2 ;;
   esac
 done

@@ -18,72 +18,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../common/split_schedule.h"
 #include "../../common/t.h"
 #include "kv_cache.h"
 #include "model.h"
 
-#define ATOL     1e-3
-#define RTOL     1e-3
-#define N_DECODE 4
+#define ATOL 1e-3
+#define RTOL 1e-3
 
 static const char *g_dir;
-
-/* Run the schedule on m with a KV cache of format fmt; *out gets every
- * output row's logits (2 prefill rows, then 2 per decode step). */
-static bl_status run_schedule(model *m, bk_kvfmt fmt, float **out, int32_t *n_rows, bl_err *err) {
-  enum { BS = 4, LEN0 = 7, LEN1 = 5 };
-  kv_pool kv;
-  bl_status st = model_kv_pool_init(m, &kv, fmt, BK_KVS_HEAD, BS, 16, err);
-  if (st) return st;
-  kv_seq pad = {0}, seq[2] = {{0}};
-  int32_t vocab = m->cfg.vocab, rows = 2 + 2 * N_DECODE;
-  float *logits = calloc((size_t)rows * (size_t)vocab, sizeof *logits);
-  int32_t ids[LEN0 + LEN1], pos[LEN0 + LEN1], sq[LEN0 + LEN1], slots[LEN0 + LEN1], outs[2];
-  int32_t bt[2 * 8], len[2] = {LEN0, LEN1};
-  /* a padding sequence first, so the block ids are not 0, 1, 2, ... */
-  T_CHECK(kv_seq_reserve(&kv, &pad, 2 * BS) == BL_OK);
-  int32_t n = 0;
-  for (int32_t s = 0; s < 2; s++) {
-    T_CHECK(kv_seq_reserve(&kv, &seq[s], len[s] + N_DECODE) == BL_OK);
-    for (int32_t t = 0; t < len[s]; t++, n++) {
-      ids[n] = (int32_t)((97 * (uint32_t)n + 13 * (uint32_t)s + 5) % (uint32_t)vocab);
-      pos[n] = t;
-      sq[n] = s;
-      slots[n] = kv_seq_slot(&kv, &seq[s], t);
-    }
-    outs[s] = n - 1;
-    memcpy(bt + s * 8, seq[s].blocks, (size_t)seq[s].n_blocks * sizeof *bt);
-  }
-  model_batch b = {.n_tok = n,
-                   .ids = ids,
-                   .pos = pos,
-                   .seq = sq,
-                   .slots = slots,
-                   .n_seq = 2,
-                   .max_blocks = 8,
-                   .block_tables = bt,
-                   .n_out = 2,
-                   .out_tok = outs};
-  st = model_forward(m, kv.dev, &b, logits, err);
-  for (int32_t d = 0; !st && d < N_DECODE; d++) {
-    for (int32_t s = 0; s < 2; s++) {
-      ids[s] = (int32_t)((31 * (uint32_t)d + 7 * (uint32_t)s + 11) % (uint32_t)vocab);
-      pos[s] = len[s] + d;
-      sq[s] = s;
-      slots[s] = kv_seq_slot(&kv, &seq[s], pos[s]);
-      outs[s] = s;
-    }
-    b.n_tok = 2;
-    st = model_forward(m, kv.dev, &b, logits + (size_t)(2 + 2 * d) * (size_t)vocab, err);
-  }
-  kv_seq_free(&kv, &pad);
-  kv_seq_free(&kv, &seq[0]);
-  kv_seq_free(&kv, &seq[1]);
-  kv_pool_destroy(&kv);
-  *out = logits;
-  *n_rows = rows;
-  return st;
-}
 
 /* The worst |a - b| / (ATOL + RTOL |b|) over n values (<= 1 passes). */
 static double worst(const float *a, const float *b, size_t n) {
@@ -132,7 +75,8 @@ static void check_split(const char *name, model_prec prec, int32_t gs, bk_kvfmt 
     float *a = NULL, *b = NULL;
     int32_t ra = 0, rb = 0;
     bl_err e1 = {0}, e2 = {0};
-    bl_status s1 = run_schedule(one, fmt, &a, &ra, &e1), s2 = run_schedule(tp, fmt, &b, &rb, &e2);
+    bl_status s1 = split_schedule(one, fmt, &a, &ra, &e1),
+              s2 = split_schedule(tp, fmt, &b, &rb, &e2);
     T_CHECKF(s1 == BL_OK && s2 == BL_OK, "%s: %s / %s", name, e1.msg, e2.msg);
     double w = worst(b, a, (size_t)ra * (size_t)one->cfg.vocab);
     T_CHECKF(w <= 1.0, "%s %s kv %d: split logits off by %.3g of the tolerance", name,

@@ -175,6 +175,24 @@ typedef struct bk_device_info {
   int sm_count, cc_major, cc_minor; /* CUDA multiprocessors, compute capability; 0 on a CPU */
 } bk_device_info;
 
+/* ---- sampling --------------------------------------------------------- */
+
+/* One row's sampling parameters for the sample slot, with the meaning of
+ * model/sampler.h's sampler_params less the penalties and logprobs:
+ * temperature < 1e-5 (or NaN) is greedy (argmax, lowest id on ties, NaN
+ * never wins); otherwise the logits are ranked by value, ties by lower id
+ * (canonical order), cut by top_k, then top_p, then min_p, each keeping a
+ * prefix of that order, and one inverse-CDF draw walks what is left with
+ * u = sampler_uniform(seed, pos) (common/bl_rng.h). */
+typedef struct bk_sample_params {
+  float temperature; /* < 1e-5: greedy */
+  int32_t top_k;     /* <= 0 or >= the non-NaN count: off */
+  float top_p;       /* in (0, 1): smallest prefix with mass >= top_p; else off */
+  float min_p;       /* in (0, 1]: keep p >= min_p * p_max; <= 0: off */
+  uint64_t seed;
+  int32_t pos; /* >= 0: the generated position, the draw's counter */
+} bk_sample_params;
+
 /* ---- the table -------------------------------------------------------- */
 
 typedef struct bk_backend bk_backend;
@@ -239,6 +257,17 @@ struct bk_backend {
    * BL_EDEVICE when a device query failed. Not an op: it queues nothing
    * and may be called at any time from the thread that drives be. */
   bl_status (*device_info)(const bk_backend *be, bk_device_info *out);
+
+  /* Optional (NULL: the caller downloads the logits and samples on the
+   * host with model/sampler.h): ids[i] = the token drawn from row i of
+   * logits[n][vocab] under p[i] (bk_sample_params), the same token as
+   * sampler_sample(p[i], row i, vocab, pos) but for draws that land within
+   * float rounding of a boundary of the kept distribution. ids: device
+   * int32 [n], written; logits: device f32 [n][vocab], read only; p: host
+   * array [n], which the op copies before it returns. BL_EINVAL: a vocab
+   * the op cannot take (< 1 or too large for the backend). */
+  bl_status (*sample)(bk_backend *be, int32_t *ids, const float *logits, int32_t n, int32_t vocab,
+                      const bk_sample_params *p);
 };
 
 /* be->device_info, or BL_EUNSUPPORTED (and *out zeroed) where the slot is

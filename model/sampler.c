@@ -8,7 +8,7 @@
  * Both paths weigh a token as sampler_exp_neg((zmax - z) / T), 0 beyond
  * DMAX (see sampler_hist.c), so they agree where both apply. */
 #include "sampler.h"
-#include "bl_hash.h"
+#include "bl_rng.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -50,14 +50,8 @@ sampler_work sampler_work_at(void *scratch, int32_t n) {
 
 /* ---- random draw ---- */
 
-/* splitmix64 (golden-ratio step, then the finalizer): hashing (seed,
- * counter) gives independent streams without per-request generator state. */
-static uint64_t mix64(uint64_t x) { return bl_mix64(x + 0x9e3779b97f4a7c15ull); }
-
-double sampler_uniform(uint64_t seed, uint64_t counter) {
-  uint64_t r = mix64(mix64(seed) ^ counter);
-  return (double)(r >> 11) * (1.0 / 9007199254740992.0); /* 53 bits */
-}
+/* common/bl_rng.h: the same draw the CUDA sampler makes on the device. */
+double sampler_uniform(uint64_t seed, uint64_t counter) { return bl_rng_uniform(seed, counter); }
 
 /* ---- per-sequence counts ---- */
 

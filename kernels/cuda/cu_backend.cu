@@ -196,6 +196,7 @@ static void cu_destroy(bk_backend *be) {
       cudaStreamSynchronize(c->stream);
     }
     if (c->scratch) cudaFree(c->scratch);
+    if (c->sample_p) cudaFree(c->sample_p);
     if (c->derr) cudaFree(c->derr);
     if (c->derr_host) cudaFreeHost(c->derr_host);
     if (c->blas) cublasDestroy(c->blas);
@@ -296,6 +297,7 @@ extern "C" bl_status bk_cuda_create(int dev, bk_backend **out, bl_err *err) {
   be->attention = cu_attention;
   be->last_error = cu_last_error;
   be->device_info = cu_device_info;
+  be->sample = cu_sample;
   *out = be;
   return BL_OK;
 }

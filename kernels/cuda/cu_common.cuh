@@ -67,6 +67,10 @@ typedef struct cu_ctx {
   cu_derr *derr;      /* device, zeroed at creation, never reset (see cu_derr) */
   cu_derr *derr_host; /* pinned copy, read at download and sync */
   int derr_logged;    /* the fault has been logged (once) */
+
+  /* The sample op's parameters (cu_sample.cu): device, grow-only. */
+  bk_sample_params *sample_p; /* [sample_p_rows] */
+  size_t sample_p_rows;
 } cu_ctx;
 
 static inline cu_ctx *cu_ctx_of(const bk_backend *be) { return (cu_ctx *)be->ctx; }

@@ -45,11 +45,7 @@
 /* ---- x preparation: gather by perm, pad with zeros, optionally to fp16 -- */
 
 static __device__ __forceinline__ void cu_store_x(float *p, float v) { *p = v; }
-/* fp16 saturates instead of overflowing to inf: activations past 65504 are
- * rare, and a clipped value is a smaller error than an inf in every output. */
-static __device__ __forceinline__ void cu_store_x(__half *p, float v) {
-  *p = __float2half_rn(fminf(fmaxf(v, -65504.0f), 65504.0f));
-}
+static __device__ __forceinline__ void cu_store_x(__half *p, float v) { *p = cu_half_sat(v); }
 
 /* xo[t][k] = x[t][perm ? perm[k] : k] for k < cols, 0 for cols <= k < ldo. */
 template <typename T>
@@ -130,21 +126,8 @@ static __global__ void __launch_bounds__(CU_GEMV_WARPS * 32)
 
 /* ---- W4/W2 GEMV: x preparation ------------------------------------------ */
 
-/* Where column j (0..31) of a 32-column block sits in the prepared x (in
- * halves), and at which bit s of its 16-bit half its field is unpacked.
- * Half2 p of the prepared block pairs the two fields one LOP3 takes from a
- * word (cu_unpack_block): W2 word w (block bytes 4w..4w+3; byte j holds
- * columns j, j+8, j+16, j+24 at bits 0, 2, 4, 6), shifted right by hi*8
- * (hi = 0 or 1), masked at field f: p = 8w + 2f + hi, columns 8f + 4w + hi
- * + {0, 2}; W4 word w (byte j holds columns j and j+16 at bits 0 and 4):
- * p = 4w + 2f + hi, columns 16f + 4w + hi + {0, 2}. */
-template <int BITS> static __host__ __device__ __forceinline__ int cu_xq_pos(int j) {
-  return BITS == 2 ? 16 * ((j >> 2) & 1) + 4 * (j >> 3) + 2 * (j & 1) + ((j >> 1) & 1)
-                   : 8 * ((j >> 2) & 3) + 4 * (j >> 4) + 2 * (j & 1) + ((j >> 1) & 1);
-}
-template <int BITS> static __host__ __device__ __forceinline__ int cu_xq_shift(int j) {
-  return BITS == 2 ? 2 * (j >> 3) : 4 * (j >> 4);
-}
+/* The prepared x order (cu_xq_pos, cu_xq_shift) is in cu_matmul.cuh: the
+ * mma path stages x in the same order. */
 
 /* One warp per (token blockIdx.x, 32-column block): xq[t][b*32 + pos(j)] =
  * fp16(x[t][perm(k)] * 2^(24 - s(j) - e)), k = b*32 + j (0 for k >= cols),
@@ -192,12 +175,6 @@ template <int BITS, int NT> static __host__ __device__ constexpr int cu_gemv_kc(
  * the lane's chunks stay at immediate offsets from one base per pass
  * (l*CPL + l*CPL/8: for W4 l*CPL/8 is the same for the lane's 4 chunks). */
 static __host__ __device__ __forceinline__ int cu_xs_pad(int c) { return c + (c >> 3); }
-
-static __device__ __forceinline__ __half2 cu_h2(uint32_t u) {
-  __half2 h;
-  memcpy(&h, &u, 4); /* a register move */
-  return h;
-}
 
 /* The 32 fields of one block (words wd[0..BITS-1]) as 16 half2 of subnormal
  * q * 2^(s-24), in the prepared x order (cu_xq_pos): per word one SHF and
@@ -646,6 +623,8 @@ static bl_status cu_gemm(cu_ctx *c, float *y, const float *x, const cu_weight *w
 
 bl_status cu_matmul_launch(cu_ctx *c, float *y, const float *x, const cu_weight *w, int32_t n) {
   if (n <= 0) return BL_OK;
+  if (w->fmt != BK_WF_F16 && n >= CU_MMA_MIN_TOKENS && n <= CU_MMA_MAX_TOKENS)
+    return cu_mma_launch(c, y, x, w, n);
   int gemv_max = w->fmt == BK_WF_F16 ? CU_GEMV_MAX_TOKENS_F16 : CU_GEMV_MAX_TOKENS_Q;
   unsigned gdiv = 0;
   bool gemv = n <= gemv_max && (w->fmt == BK_WF_F16 || cu_gemv_q_ok(w, &gdiv));

@@ -44,6 +44,8 @@ bl_status cu_kv_write(bk_backend *be, const bk_kv_cache *kv, int32_t layer, cons
                       const float *v, const int32_t *slots, int32_t n);
 bl_status cu_attention(bk_backend *be, float *out, const float *q, const bk_kv_cache *kv,
                        int32_t layer, const bk_attn_batch *b, const bk_heads *h);
+bl_status cu_sample(bk_backend *be, int32_t *ids, const float *logits, int32_t n, int32_t vocab,
+                    const bk_sample_params *p);
 
 #ifdef __cplusplus
 }

@@ -372,7 +372,7 @@ static void check_matmul(pair *p, rng *r, const hweight *h, int n) {
   /* Either side may round x and w to fp16 (the cuBLAS path does for large n):
    * each product is then off by at most 2*2^-11 relative, so the sum by at
    * most 1e-3 * sum_k |w_k x_k|, plus fp32 rounding of the sums.
-   * The W4/W2 GEMV (n <= 32, kernels/cuda/cu_matmul.cu) rounds x to fp16
+   * The W4/W2 GEMV (n = 1, kernels/cuda/cu_matmul.cu) rounds x to fp16
    * (w = scale*q + min stays exact) and sums q*x*2^-e in fp16 over 16-value
    * spans, 8 HFMA2 per half2 lane, then in fp32. Each HFMA2 rounds to u =
    * 2^-11 of its partial sum S_k (2^-25 absolute below fp16's normal range,
@@ -419,8 +419,8 @@ static void test_matmul(pair *p, rng *r) {
                {BK_WF_F16, 2115, 136, 0},
                {BK_WF_W4, 2115, 256, 64},
                {BK_WF_W2, 2117, 160, 32}};
-  /* 1..8: one GEMV tile; 9, 17: several (fp16 already on cuBLAS); 33: cuBLAS
-   * for every format (CU_GEMV_MAX_TOKENS_* in kernels/cuda/cu_matmul.cuh). */
+  /* fp16: 1..8 one GEMV tile, 9 up on cuBLAS; W4/W2: 1 the GEMV, 3..33 the tensor
+   * cores (test_cuda_mma.c covers that path; kernels/cuda/cu_matmul.cuh). */
   static const int ns[] = {1, 3, 8, 9, 17, 33};
   for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
     for (int perm = 0; perm < 2; perm++) {

@@ -58,6 +58,27 @@ inline int atomicCAS(int *p, int cmp, int val) {
   if (old == cmp) *p = val;
   return old;
 }
+inline unsigned atomicAdd(unsigned *p, unsigned v) {
+  unsigned old = *p;
+  *p = old + v;
+  return old;
+}
+inline unsigned long long atomicAdd(unsigned long long *p, unsigned long long v) {
+  unsigned long long old = *p;
+  *p = old + v;
+  return old;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+/* Round-to-nearest float arithmetic that nvcc never contracts into an FMA;
+ * on the host too each is one IEEE operation (x86-64 without -mfma). */
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
 
 /* fp16 arithmetic as the GPU does it: the exact result rounded once to
  * nearest even, subnormals kept (no flush), overflow to inf. Every finite

@@ -7,7 +7,11 @@
 # (minutes); not part of meson or CI.
 #   tests/gpu/test_cuda_ops.c    every op against the CPU backend (after
 #                                emu/test_device_info.c: the device_info slot)
+#   tests/gpu/test_cuda_mma.c    the W4/W2 tensor-core matmul (WMMA emulated
+#                                in emu/inc/mma.h)
 #   tests/gpu/test_cuda_tp.c     tensor parallelism: communicators, split models
+#   tests/gpu/test_cuda_sample.c the sample slot against the host sampler
+#                                (with model/sampler*.c; ~1 minute)
 #   tests/gpu/test_cuda_model.c  whole models (with model/, kvcache/ and the
 #                                engine's libraries): the tiny Qwen3s only
 #                                (~1.5 minutes). SmolLM2 takes ~11 minutes per
@@ -21,7 +25,7 @@ set -e
 S=$(cd "$(dirname "$0")/../../.." && pwd)
 E=$S/tests/gpu/emu
 O=${TMPDIR:-/tmp}/ballast-cuda-emu
-TESTS=${TESTS:-ops model tp}
+TESTS=${TESTS:-ops mma model tp sample}
 rm -rf "$O" && mkdir -p "$O/gen" "$O/eng" "$O/model"
 FLAGS="-O1 -g"
 [ -n "$SAN" ] && FLAGS="$FLAGS -fsanitize=address,alignment,bounds -fno-sanitize-recover=all"
@@ -31,9 +35,25 @@ for f in "$S"/kernels/cuda/*.cu; do
 import re, sys
 s = open(sys.argv[1]).read()
 pat = re.compile(r'(\w+(?:<[^<>;]*>)?)\s*<<<(.*?)>>>\s*\((.*?)\);', re.S)
+def split_args(a):  # at commas outside (), [] and {}
+    out, depth, cur = [], 0, ''
+    for ch in a:
+        depth += ch in '([{'
+        depth -= ch in ')]}'
+        if ch == ',' and depth == 0:
+            out.append(cur)
+            cur = ''
+        else:
+            cur += ch
+    return [x.strip() for x in out + [cur] if x.strip()]
 def rep(m):
+    # the arguments are evaluated at the launch, as CUDA does (a graph
+    # capture replays the launch after the caller's locals are gone)
     cfg = [c.strip() for c in m.group(2).split(',')]
-    return 'emu_launch(%s, %s, [=]() { %s(%s); });' % (cfg[0], cfg[1], m.group(1), m.group(3))
+    args = split_args(m.group(3))
+    caps = ', '.join('a%d = (%s)' % (i, a) for i, a in enumerate(args))
+    call = ', '.join('a%d' % i for i in range(len(args)))
+    return 'emu_launch(%s, %s, [%s]() { %s(%s); });' % (cfg[0], cfg[1], caps, m.group(1), call)
 open(sys.argv[2], 'w').write('#line 1 "%s"\n' % sys.argv[1] + pat.sub(rep, s))
 PY
 done
@@ -64,6 +84,11 @@ for t in $TESTS; do
     g++ $FLAGS -o "$O/test_cuda_ops" "$O/test_cuda_ops.o" "$O"/eng/*.o "$O"/gen/*.o $LIBS
     ASAN_OPTIONS=detect_leaks=0 BALLAST_NO_BENCH=1 "$O/test_cuda_ops"
     ;;
+  mma)
+    $CC -c "$S/tests/gpu/test_cuda_mma.c" -o "$O/test_cuda_mma.o"
+    g++ $FLAGS -o "$O/test_cuda_mma" "$O/test_cuda_mma.o" "$O"/eng/*.o "$O"/gen/*.o $LIBS
+    ASAN_OPTIONS=detect_leaks=0 BALLAST_NO_BENCH=1 "$O/test_cuda_mma"
+    ;;
   model)
     # model/, kvcache/ and the rest of common/, with the tokenizer's libraries
     MCC="$CC -I$S/model $(pkg-config --cflags libcjson libpcre2-8 libutf8proc)"
@@ -91,6 +116,16 @@ for t in $TESTS; do
       "$O"/gen/*.o $(pkg-config --libs libcjson libpcre2-8 libutf8proc) $LIBS
     ASAN_OPTIONS=detect_leaks=0 "$O/test_cuda_tp" "$S/tests/data"
     ;;
-  *) echo "run.sh: unknown test '$t' (ops, model, tp)" >&2; exit 2 ;;
+  sample)
+    # the host sampler alone from model/ (it needs nothing else)
+    for f in sampler sampler_hist; do
+      $CC -I"$S/model" -c "$S/model/$f.c" -o "$O/$f.o"
+    done
+    $CC -I"$S/model" -c "$S/tests/gpu/test_cuda_sample.c" -o "$O/test_cuda_sample.o"
+    g++ $FLAGS -o "$O/test_cuda_sample" "$O/test_cuda_sample.o" "$O/sampler.o" \
+      "$O/sampler_hist.o" "$O"/eng/*.o "$O"/gen/*.o $LIBS
+    ASAN_OPTIONS=detect_leaks=0 "$O/test_cuda_sample"
+    ;;
+  *) echo "run.sh: unknown test '$t' (ops, mma, model, tp, sample)" >&2; exit 2 ;;
   esac
 done

@@ -268,6 +268,21 @@ struct bk_backend {
    * the op cannot take (< 1 or too large for the backend). */
   bl_status (*sample)(bk_backend *be, int32_t *ids, const float *logits, int32_t n, int32_t vocab,
                       const bk_sample_params *p);
+
+  /* Optional, all four or none (NULL: no graphs): record a run of ops once
+   * and replay it (CUDA graphs). Between capture_begin and capture_end the
+   * ops run nothing: they are recorded with the pointers and sizes they
+   * are given, and device memory is read and written when the recording
+   * is replayed. Inside a capture ops must not allocate, copy to or from
+   * the host or sync; one that would fails, and so does capture_end,
+   * which then leaves no recording (the backend is as before the
+   * capture). graph_launch queues a recording as its ops would be queued;
+   * BL_AGAIN: the backend's own buffers that it used have moved since
+   * (its scratch grew), so it must be recorded again (graph_free it). */
+  bl_status (*capture_begin)(bk_backend *be);
+  bl_status (*capture_end)(bk_backend *be, void **graph);
+  bl_status (*graph_launch)(bk_backend *be, void *graph);
+  void (*graph_free)(bk_backend *be, void *graph);
 };
 
 /* be->device_info, or BL_EUNSUPPORTED (and *out zeroed) where the slot is

@@ -11,23 +11,37 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bl_log.h"
 #include "model_internal.h"
+
+/* A recorded decode step of n tokens (graphs[n] of the scratch). */
+#define GRAPH_MAX_TOK 64
+typedef struct step_graph {
+  void *rec;          /* the backend's recording, or NULL */
+  uint64_t kv;        /* the cache it ran with (kv_key) */
+  int32_t max_blocks; /* the block-table width it ran with */
+  bool warm;          /* a step of this shape ran eagerly since the buffers last moved */
+} step_graph;
 
 struct model_scratch {
   int32_t cap_tok, cap_out, cap_bt;
-  float *x, *h, *att; /* [cap_tok][hidden], [cap_tok][hidden], [cap_tok][q_dim] */
-  float *q, *k, *v;   /* [cap_tok][q_dim], [cap_tok][kv_dim] x2 */
-  float *gate, *up;   /* [cap_tok][intermediate] */
-  float *xo, *logits; /* [cap_out][hidden], [cap_out][vocab] */
-  int32_t *meta;      /* [4][cap_tok]: ids, pos, seq, slots */
-  int32_t *bt;        /* [cap_bt] block tables */
-  float *cap_host;    /* host [cap_tok][max width], only while capturing */
-  size_t cap_host_n;  /* floats in cap_host */
+  float *x, *h, *att;                   /* [cap_tok][hidden], [cap_tok][hidden], [cap_tok][q_dim] */
+  float *q, *k, *v;                     /* [cap_tok][q_dim], [cap_tok][kv_dim] x2 */
+  float *gate, *up;                     /* [cap_tok][intermediate] */
+  float *xo, *logits;                   /* [cap_out][hidden], [cap_out][vocab] */
+  int32_t *meta;                        /* [4][cap_tok]: ids, pos, seq, slots */
+  int32_t *bt;                          /* [cap_bt] block tables */
+  int32_t *sampled;                     /* [cap_out] tokens drawn on the device */
+  float *cap_host;                      /* host [cap_tok][max width], only while capturing */
+  size_t cap_host_n;                    /* floats in cap_host */
+  step_graph graphs[GRAPH_MAX_TOK + 1]; /* they read the buffers above: freed with them */
 };
 
 static void scratch_release(bk_backend *be, model_scratch *s) {
-  void *bufs[] = {s->x,    s->h,  s->att, s->q,      s->k,    s->v,
-                  s->gate, s->up, s->xo,  s->logits, s->meta, s->bt};
+  void *bufs[] = {s->x,  s->h,  s->att,    s->q,    s->k,  s->v,      s->gate,
+                  s->up, s->xo, s->logits, s->meta, s->bt, s->sampled};
+  for (int32_t n = 0; n <= GRAPH_MAX_TOK; n++)
+    if (s->graphs[n].rec) be->graph_free(be, s->graphs[n].rec);
   for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
     if (bufs[i]) be->free(be, bufs[i]);
   free(s->cap_host);
@@ -66,8 +80,9 @@ static bl_status scratch_ensure(model *m, int32_t n_tok, int32_t n_out, int32_t 
   s->logits = be->alloc(be, (size_t)no * (size_t)m->lm_head.rows * 4);
   s->meta = be->alloc(be, 4 * t * 4);
   s->bt = be->alloc(be, (size_t)nb * 4);
+  s->sampled = be->alloc(be, (size_t)no * 4);
   if (!s->x || !s->h || !s->att || !s->q || !s->k || !s->v || !s->gate || !s->up || !s->xo ||
-      !s->logits || !s->meta || !s->bt) {
+      !s->logits || !s->meta || !s->bt || !s->sampled) {
     scratch_release(be, s);
     return bl_fail(err, BL_ENOMEM, "forward: cannot allocate activations for %d tokens on %s", nt,
                    be->name);
@@ -228,7 +243,7 @@ static bl_status run_layers(model *m, const bk_kv_cache *kv, const bk_attn_batch
 }
 
 /* After the layers: the final norm and lm_head over the tokens b->out_tok
- * lists, left on the device in s->logits [n_out][lm_head.rows]. */
+ * lists (model_forward checked them), left on the device in s->logits [n_out][lm_head.rows]. */
 static bl_status head_forward(model *m, const model_batch *b, bl_err *err) {
   const model_config *c = &m->cfg;
   bk_backend *be = m->be;
@@ -236,8 +251,6 @@ static bl_status head_forward(model *m, const model_batch *b, bl_err *err) {
   size_t row = (size_t)c->hidden * 4;
   bl_status st;
   for (int32_t i = 0; i < b->n_out; i++) {
-    if (b->out_tok[i] < 0 || b->out_tok[i] >= b->n_tok)
-      return bl_fail(err, BL_EINVAL, "forward: output token %d out of range", b->out_tok[i]);
     OP(be->copy(be, (char *)s->xo + (size_t)i * row, (char *)s->x + (size_t)b->out_tok[i] * row,
                 row));
   }
@@ -291,20 +304,163 @@ static bl_status tp_forward(model *m, const bk_kv_cache *kv, const model_batch *
   return st;
 }
 
-bl_status model_forward(model *m, const bk_kv_cache *kv, const model_batch *b, float *logits,
-                        bl_err *err) {
-  if (m->tp) return tp_forward(m, kv, b, logits, err);
-  const model_config *c = &m->cfg;
+/* Embedding, layers and (when the step has outputs) the head: every op of
+ * a step after step_begin's uploads, up to the logits on the device. */
+static bl_status step_body(model *m, const bk_kv_cache *kv, const bk_attn_batch *ab,
+                           const model_batch *b, bl_err *err) {
   bk_backend *be = m->be;
+  bl_status st;
+  OP(be->embed(be, m->scratch->x, &m->embed, m->scratch->meta, b->n_tok));
+  if ((st = run_layers(m, kv, ab, 0, m->cfg.n_layers, err))) return st;
+  return b->n_out > 0 ? head_forward(m, b, err) : BL_OK;
+}
+
+/* ---- graphs -------------------------------------------------------------
+ *
+ * A decode step of n tokens is the same ops on the same buffers every time
+ * but for what step_begin uploads (ids, positions, slots, block tables),
+ * so where the backend can record, it is recorded once and replayed. The
+ * first step of a shape runs eagerly (its buffers, and the backend's
+ * scratch, grow to fit), the second is recorded and replayed, and later
+ * ones replay. A shape is (n, the cache's buffers, the block-table width); the
+ * scheduler's width is fixed per pool. A recording the backend calls stale
+ * (its scratch moved) is dropped and the shape starts over. A capture that
+ * fails turns graphs off for the model, with a warning, and the step runs
+ * eagerly. */
+
+/* What a recording bakes in of a cache: its geometry, format and every
+ * device pointer, hashed (FNV-1a). A cache freed and another made in its
+ * place may reuse a host array or some device addresses; only the same
+ * buffers in the same places give the same key. */
+static uint64_t kv_key(const bk_kv_cache *kv) {
+  uint64_t h = 0xcbf29ce484222325ull;
+#define KV_MIX(x) (h = (h ^ (uint64_t)(x)) * 0x100000001b3ull)
+  KV_MIX(kv->fmt);
+  KV_MIX(kv->scaling);
+  KV_MIX(kv->n_layers);
+  KV_MIX(kv->n_blocks);
+  KV_MIX(kv->block_size);
+  KV_MIX(kv->n_kv_heads);
+  KV_MIX(kv->head_dim);
+  KV_MIX((uintptr_t)kv->tensor_scales);
+  for (int32_t l = 0; l < kv->n_layers; l++) {
+    KV_MIX((uintptr_t)kv->k[l]);
+    KV_MIX((uintptr_t)kv->v[l]);
+  }
+#undef KV_MIX
+  return h;
+}
+
+/* The graph slot of this step, or NULL when it cannot be recorded. */
+static step_graph *graph_slot(model *m, const bk_kv_cache *kv, const model_batch *b) {
+  bk_backend *be = m->be;
+  int32_t n = b->n_tok;
+  if (!be->capture_begin || m->graphs_off || m->capture || n > GRAPH_MAX_TOK || b->n_out != n ||
+      b->n_seq != n)
+    return NULL;
+  for (int32_t t = 0; t < n; t++)
+    if (b->seq[t] != t || b->out_tok[t] != t) return NULL;
+  step_graph *g = &m->scratch->graphs[n];
+  uint64_t key = kv_key(kv);
+  if (g->kv != key || g->max_blocks != b->max_blocks) {
+    if (g->rec) be->graph_free(be, g->rec);
+    *g = (step_graph){.kv = key, .max_blocks = b->max_blocks};
+  }
+  return g;
+}
+
+static bl_status graph_step(model *m, step_graph *g, const bk_kv_cache *kv, const bk_attn_batch *ab,
+                            const model_batch *b, bl_err *err) {
+  bk_backend *be = m->be;
+  bl_status st;
+  if (g->rec) {
+    st = be->graph_launch(be, g->rec);
+    if (st == BL_OK) {
+      m->graph_stats.replays++;
+      return BL_OK;
+    }
+    if (st != BL_AGAIN) {
+      op_failed(m, be, "graph_launch", st, err);
+      return st;
+    }
+    be->graph_free(be, g->rec); /* stale: this step warms the shape up again */
+    g->rec = NULL;
+    g->warm = false;
+  }
+  if (!g->warm) {
+    st = step_body(m, kv, ab, b, err);
+    g->warm = st == BL_OK;
+    return st;
+  }
+  bl_err why = {0};
+  void *rec = NULL;
+  if ((st = be->capture_begin(be)) == BL_OK) {
+    bl_status body = step_body(m, kv, ab, b, &why);
+    st = be->capture_end(be, &rec);
+    if (body) st = body;
+  }
+  if (st == BL_OK) {
+    g->rec = rec;
+    m->graph_stats.captures++;
+    if ((st = be->graph_launch(be, rec)) == BL_OK) m->graph_stats.replays++;
+    if (st) op_failed(m, be, "graph_launch", st, err);
+    return st;
+  }
+  if (rec) be->graph_free(be, rec);
+  m->graphs_off = true;
+  m->graph_stats.failures++;
+  bl_log(BL_LOG_WARN,
+         "%s on %s: recording a %d-token decode step failed (%s); steps run without graphs from "
+         "now on",
+         m->path, be->name, b->n_tok, why.msg[0] ? why.msg : bl_status_str(st));
+  return step_body(m, kv, ab, b, err);
+}
+
+/* A step up to the logits on the device (model_forward less the download). */
+static bl_status forward_to_logits(model *m, const bk_kv_cache *kv, const model_batch *b,
+                                   bl_err *err) {
   bk_attn_batch ab;
   bl_status st = step_begin(m, kv, b, &ab, err);
   if (st) return st;
-  model_scratch *s = m->scratch;
-  OP(be->embed(be, s->x, &m->embed, s->meta, b->n_tok));
-  if ((st = run_layers(m, kv, &ab, 0, c->n_layers, err))) return st;
+  step_graph *g = graph_slot(m, kv, b);
+  return g ? graph_step(m, g, kv, &ab, b, err) : step_body(m, kv, &ab, b, err);
+}
+
+static bl_status outputs_ok(const model_batch *b, bl_err *err) {
+  for (int32_t i = 0; i < b->n_out; i++)
+    if (b->out_tok[i] < 0 || b->out_tok[i] >= b->n_tok)
+      return bl_fail(err, BL_EINVAL, "forward: output token %d out of range", b->out_tok[i]);
+  return BL_OK;
+}
+
+bl_status model_forward(model *m, const bk_kv_cache *kv, const model_batch *b, float *logits,
+                        bl_err *err) {
+  bl_status st = outputs_ok(b, err);
+  if (st) return st;
+  if (m->tp) return tp_forward(m, kv, b, logits, err);
+  bk_backend *be = m->be;
+  if ((st = forward_to_logits(m, kv, b, err))) return st;
   if (b->n_out == 0) return be->sync(be);
-  if ((st = head_forward(m, b, err))) return st;
-  OP(be->download(be, logits, s->logits, (size_t)b->n_out * (size_t)c->vocab * 4));
+  OP(be->download(be, logits, m->scratch->logits,
+                  (size_t)b->n_out * (size_t)m->lm_head.rows * sizeof(float)));
+  return BL_OK;
+}
+
+bool model_can_sample(const model *m) { return !m->tp && m->be->sample; }
+
+bl_status model_forward_sample(model *m, const bk_kv_cache *kv, const model_batch *b,
+                               const bk_sample_params *sp, int32_t *ids, bl_err *err) {
+  if (!model_can_sample(m))
+    return bl_fail(err, BL_EUNSUPPORTED, "%s: %s cannot sample on the device", m->path,
+                   m->be->name);
+  bl_status st = outputs_ok(b, err);
+  if (st || (st = forward_to_logits(m, kv, b, err))) return st;
+  bk_backend *be = m->be;
+  if (b->n_out == 0) return be->sync(be);
+  /* after any replayed graph: the op copies sp from the host, which a capture cannot hold */
+  model_scratch *s = m->scratch;
+  OP(be->sample(be, s->sampled, s->logits, b->n_out, m->lm_head.rows, sp));
+  OP(be->download(be, ids, s->sampled, (size_t)b->n_out * sizeof(int32_t)));
   return BL_OK;
 }
 

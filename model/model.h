@@ -86,6 +86,13 @@ typedef struct model_capture {
   uint32_t points;
 } model_capture;
 
+/* How decode steps used graphs (backends with capture slots, backend.h). */
+typedef struct model_graph_stats {
+  uint64_t captures; /* steps recorded */
+  uint64_t replays;  /* steps run from a recording */
+  uint64_t failures; /* captures that failed (then graphs_off is set) */
+} model_graph_stats;
+
 typedef struct model {
   model_config cfg;
   model_prec prec;    /* precision of the linear layers as loaded */
@@ -100,8 +107,10 @@ typedef struct model {
   model_store *store;
   model_scratch *scratch;
   const model_capture *capture; /* NULL normally; not owned */
-  model_tp *tp;                 /* NULL: the model runs on be. Else tensor-parallel: be is the host
-                                 * backend holding the unsplit weights and the shards run the steps */
+  bool graphs_off;              /* never record decode steps (to compare; set by a failure) */
+  model_graph_stats graph_stats;
+  model_tp *tp; /* NULL: the model runs on be. Else tensor-parallel: be is the host
+                 * backend holding the unsplit weights and the shards run the steps */
 } model;
 
 /* A tokenizer alone: tokenizer.json, a folder holding one, or a .gguf file's
@@ -173,7 +182,10 @@ bl_status model_kv_pool_init(const model *m, kv_pool *p, bk_kvfmt fmt, bk_kvscal
 /* "nccl", "host" or "" (not tensor-parallel): how the shards sum. */
 const char *model_tp_comm_name(const model *m);
 
-/* One step. Token t of the step has id ids[t], position pos[t], sequence
+/* One step. On a backend with graph capture, a decode step (every
+ * sequence one token with its logits: n_seq == n_out == n_tok <= 64,
+ * seq[t] == out_tok[t] == t) of a shape seen before is recorded once and
+ * replayed after (forward.c says how). Token t of the step has id ids[t], position pos[t], sequence
  * seq[t] (a row of block_tables) and writes its K/V at cache slot slots[t].
  * Logits of the tokens listed in out_tok are written to logits
  * (host float32 [n_out][vocab]). All arrays are host memory. */
@@ -188,6 +200,17 @@ typedef struct model_batch {
 
 bl_status model_forward(model *m, const bk_kv_cache *kv, const model_batch *b, float *logits,
                         bl_err *err);
+
+/* Can model_forward_sample run on m (its backend has the sample slot, and
+ * it is not split)? */
+bool model_can_sample(const model *m);
+/* model_forward, but the next token of each output row is drawn on the
+ * device (backend.h's sample slot, sp[i] for row i) and only the ids come
+ * back: ids host int32 [n_out]. For rows without penalties or logprobs,
+ * which bk_sample_params cannot express; BL_EUNSUPPORTED where
+ * model_can_sample is false. */
+bl_status model_forward_sample(model *m, const bk_kv_cache *kv, const model_batch *b,
+                               const bk_sample_params *sp, int32_t *ids, bl_err *err);
 
 /* Is id an end-of-sequence token of this model? */
 bool model_is_eos(const model *m, int32_t id);

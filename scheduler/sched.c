@@ -80,7 +80,10 @@ bl_status sched_pool_create(const sched_pool_cfg *cfg, sched_pool **out, bl_err 
   p->bt = malloc(ns * (size_t)p->bt_stride * sizeof *p->bt);
   p->logits = malloc(ns * (size_t)p->vocab * sizeof *p->logits);
   p->scratch = malloc(sampler_scratch_bytes(p->vocab));
-  if (!p->running || !p->ids || !p->out_tok || !p->bt || !p->logits || !p->scratch) {
+  p->dev_sp = malloc(ns * sizeof *p->dev_sp);
+  p->dev_ids = malloc(ns * sizeof *p->dev_ids);
+  if (!p->running || !p->ids || !p->out_tok || !p->bt || !p->logits || !p->scratch || !p->dev_sp ||
+      !p->dev_ids) {
     sched_pool_destroy(p);
     return bl_fail(err, BL_ENOMEM, "sched %s: out of memory for step buffers", p->name);
   }
@@ -130,6 +133,8 @@ void sched_pool_destroy(sched_pool *p) {
   free(p->bt);
   free(p->logits);
   free(p->scratch);
+  free(p->dev_sp);
+  free(p->dev_ids);
   pthread_mutex_destroy(&p->lock);
   pthread_cond_destroy(&p->wake);
   free(p);
@@ -428,17 +433,42 @@ static void after_forward(sched_pool *p) {
     sched_seq *s = p->running[i];
     if (s->out_row < 0) continue;
     const float *lg = p->logits + (size_t)s->out_row * p->vocab;
-    s->out_row = -1;
     sampler_logprobs *lp = s->sp.n_logprobs > 0 ? &p->lp : NULL;
-    int32_t tok =
-        sampler_next(&s->sp, &s->counts, lg, p->vocab, (uint64_t)s->n_gen, p->scratch, lp);
+    int32_t tok = p->dev_sampled ? p->dev_ids[s->out_row]
+                                 : sampler_next(&s->sp, &s->counts, lg, p->vocab,
+                                                (uint64_t)s->n_gen, p->scratch, lp);
+    s->out_row = -1;
     p->acc.generated_tokens++;
+    p->acc.device_sampled += p->dev_sampled;
     if (seq_on_token(p, s, tok, lp)) {
       running_remove(p, s);
       drop(p, s);
       i--;
     }
   }
+}
+
+/* Can this step's n_out output rows be drawn on the device? Where the
+ * backend samples and no row asks for what only the host sampler does
+ * (penalties, logprobs): then dev_sp holds each row's draw, and only the
+ * ids come back instead of n_out rows of logits. */
+static bool device_draws(sched_pool *p, int32_t n_out) {
+  if (n_out <= 0 || !model_can_sample(p->m)) return false;
+  for (int32_t i = 0; i < p->n_running; i++) {
+    const sched_seq *s = p->running[i];
+    const sampler_params *sp = &s->sp;
+    if (s->out_row < 0) continue;
+    if (sp->n_logprobs > 0 || sp->presence_penalty != 0 || sp->frequency_penalty != 0 ||
+        (sp->repetition_penalty != 0 && sp->repetition_penalty != 1))
+      return false;
+    p->dev_sp[s->out_row] = (bk_sample_params){.temperature = sp->temperature,
+                                               .top_k = sp->top_k,
+                                               .top_p = sp->top_p,
+                                               .min_p = sp->min_p,
+                                               .seed = sp->seed,
+                                               .pos = (int32_t)s->n_gen};
+  }
+  return true;
 }
 
 /* A step that only decoded: batch tokens in dt seconds. */
@@ -464,6 +494,7 @@ void sched_stats_add(sched_stats *sum, const sched_stats *s) {
   sum->decode_tokens += s->decode_tokens;
   sum->prefill_tokens += s->prefill_tokens;
   sum->generated_tokens += s->generated_tokens;
+  sum->device_sampled += s->device_sampled;
   sum->prefix_hit_tokens += s->prefix_hit_tokens;
   sum->preemptions += s->preemptions;
   sum->finished += s->finished;
@@ -571,7 +602,9 @@ bl_status sched_pool_step(sched_pool *p, bool *idle, bl_err *err) {
                      .block_tables = p->bt,
                      .n_out = n_out,
                      .out_tok = p->out_tok};
-    st = model_forward(p->m, p->kv.dev, &b, p->logits, &e);
+    p->dev_sampled = device_draws(p, n_out);
+    st = p->dev_sampled ? model_forward_sample(p->m, p->kv.dev, &b, p->dev_sp, p->dev_ids, &e)
+                        : model_forward(p->m, p->kv.dev, &b, p->logits, &e);
     f1 = sched_now();
   }
   if (st == BL_EDEVICE) { /* sticky: every request fails, the pool stops stepping */

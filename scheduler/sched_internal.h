@@ -75,8 +75,11 @@ struct sched_pool {
   int32_t *out_tok;                 /* [max_num_seqs] */
   int32_t *bt;                      /* [max_num_seqs][bt_stride] */
   int32_t bt_stride;
-  float *logits; /* [max_num_seqs][vocab] */
-  void *scratch; /* sampler scratch */
+  float *logits;            /* [max_num_seqs][vocab] */
+  bk_sample_params *dev_sp; /* [max_num_seqs]: output rows' draws, when on the device */
+  int32_t *dev_ids;         /* [max_num_seqs]: the tokens drawn there */
+  bool dev_sampled;         /* this step's rows were drawn on the device */
+  void *scratch;            /* sampler scratch */
   sampler_logprobs lp;
   /* shared with other threads (lock) */
   pthread_mutex_t lock;

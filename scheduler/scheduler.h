@@ -174,6 +174,7 @@ typedef struct sched_tps {
 #define SCHED_ERROR_MAX 640 /* a pool name, the prefix and a bl_err message */
 typedef struct sched_stats {
   uint64_t steps, forward_tokens, decode_tokens, prefill_tokens, generated_tokens;
+  uint64_t device_sampled; /* generated tokens drawn on the device (model_forward_sample) */
   uint64_t prefix_hit_tokens, preemptions, finished;
   int32_t running, waiting, free_blocks, total_blocks;
   double forward_s;  /* time inside model_forward */

@@ -9,7 +9,10 @@
 #   gpu-suite.log      meson test --suite gpu -v
 #   bench-qwen3-8b.json, bench-qwen3-32b.json
 #                      ballast bench --device cuda --synthetic NAME
-#                      --precision fp16,w4,w2 --batch 1,8 --json
+#                      --precision fp16,w4,w2 --batch 1,8 --json (decode
+#                      steps replayed as CUDA graphs, the default)
+#   bench-qwen3-8b-eager.json
+#                      the same for qwen3-8b fp16 and w2 with --graphs off
 #   kv-capacity.json   ballast kv-capacity --device cuda, qwen3-8b, 8192
 # A step that fails is recorded and the next one still runs; the exit status
 # is that of the GPU suite. Every step has a time limit, 560 s in all, so
@@ -48,7 +51,7 @@ if [ -f "$B/build.ninja" ]; then
 else
   setup="meson setup '$B' '$S'"
 fi
-step build 200 sh -c "$setup -Dbuildtype=release -Dcuda=enabled -Ddaemon=disabled \
+step build 170 sh -c "$setup -Dbuildtype=release -Dcuda=enabled -Ddaemon=disabled \
   -Dgpu_arch=$ARCH >'$OUT/build.log' 2>&1 && ninja -C '$B' >>'$OUT/build.log' 2>&1"
 built=$?
 if [ $built -ne 0 ]; then
@@ -56,34 +59,40 @@ if [ $built -ne 0 ]; then
   exit 1
 fi
 
-step gpu-suite 120 meson test -C "$B" --suite gpu --no-rebuild -v --print-errorlogs \
+step gpu-suite 140 meson test -C "$B" --suite gpu --no-rebuild -v --print-errorlogs \
   >"$OUT/gpu-suite.log" 2>&1
 suite=$?
 grep -E "checks, [0-9]+ failed|^[0-9]+/[0-9]+ .*(OK|FAIL|SKIP)" "$OUT/gpu-suite.log" >>"$SUM"
 
-for m in qwen3-8b qwen3-32b; do
-  limit=80
-  [ $m = qwen3-32b ] && limit=140 # 64 GB of fp16 weights made on the host first
-  step "bench $m" $limit "$B/tools/ballast" bench --device cuda --synthetic "$m" \
-    --precision fp16,w4,w2 --batch 1,8 --steps "$STEPS" --json >"$OUT/bench-$m.json" \
-    2>>"$SUM"
-  python3 - "$OUT/bench-$m.json" >>"$SUM" 2>&1 <<'PY'
+# bench NAME FILE LIMIT ARGS...: one ballast bench run and its figures
+bench() {
+  m=$1 file=$2 limit=$3
+  shift 3
+  step "bench $m $*" "$limit" "$B/tools/ballast" bench --device cuda --synthetic "$m" \
+    --batch 1,8 --steps "$STEPS" --json "$@" >"$OUT/$file" 2>>"$SUM"
+  python3 - "$OUT/$file" >>"$SUM" 2>&1 <<'PY'
 import json, sys
 try:
     d = json.load(open(sys.argv[1]))
 except Exception as e:  # a failed run leaves no JSON
     sys.exit(f"  (no figures: {e})")
+g = "graphs" if d.get("graphs") else "eager"
 for r in d["results"]:
     frac = r.get("peak_fraction")
     up = r.get("speedup_vs_fp16")
-    print(f"  {d['model']} {r['precision']:>4} batch {r['batch']}: {r['decode_tok_s']:9.1f} tok/s"
+    print(f"  {d['model']} {g} {r['precision']:>4} batch {r['batch']}: {r['decode_tok_s']:9.1f} tok/s"
           f"  {r['weight_gb_s']:7.1f} GB/s"
           + (f" ({100 * frac:.1f}% of peak)" if frac is not None else "")
           + (f"  {up:.2f}x fp16" if up is not None else ""))
 PY
-done
+}
 
-step kv-capacity 20 "$B/tools/ballast" kv-capacity --synthetic qwen3-8b --device cuda \
+bench qwen3-8b bench-qwen3-8b.json 70 --precision fp16,w4,w2
+bench qwen3-8b bench-qwen3-8b-eager.json 45 --precision fp16,w2 --graphs off
+# 64 GB of fp16 weights are made on the host first
+bench qwen3-32b bench-qwen3-32b.json 120 --precision fp16,w4,w2
+
+step kv-capacity 15 "$B/tools/ballast" kv-capacity --synthetic qwen3-8b --device cuda \
   --context 8192 --json >"$OUT/kv-capacity.json" 2>>"$SUM"
 
 say "done: GPU suite exit $suite"

@@ -23,11 +23,13 @@ static const char *usage =
     "usage: ballast bench (--model PATH | --synthetic NAME) [--precision fp16,w4,w2]\n"
     "         [--batch 1,8] [--steps N] [--prompt-len N] [--group-size N]\n"
     "         [--concurrency 1,8,32] [--device cpu|cuda[:N]|null] [--threads N]\n"
-    "         [--peak-gb-s X] [--json]\n"
+    "         [--peak-gb-s X] [--graphs on|off] [--json]\n"
     "  --concurrency: through the scheduler instead of a static batch: N requests of\n"
     "    --prompt-len + --steps tokens at once (--device null: scheduler cost only)\n"
     "  --peak-gb-s: the memory bandwidth (GB/s) that peak_fraction is of, instead of\n"
     "    the device's rated one (CUDA: memory clock x bus width; a CPU reports none)\n"
+    "  --graphs: record decode steps and replay them where the device can (CUDA\n"
+    "    graphs; the default, on), or run every op each step (off), to compare\n"
     "  NAME: qwen3-0.6b qwen3-1.7b qwen3-4b qwen3-8b qwen3-14b qwen3-32b smollm2-135m\n";
 
 #define MAX_ROWS 64
@@ -227,6 +229,7 @@ typedef struct bench_args {
   int n_batch, n_conc;
   long steps, prompt_len, gs;
   double peak; /* --peak-gb-s, 0 when not given */
+  bool graphs; /* --graphs on (the default) */
   bool json;
 } bench_args;
 
@@ -236,7 +239,7 @@ static bool bench_parse(int argc, char **argv, bench_args *a, bool *help) {
                   {"--batch", 1, NULL},      {"--steps", 1, NULL},       {"--prompt-len", 1, NULL},
                   {"--group-size", 1, NULL}, {"--device", 1, NULL},      {"--threads", 1, NULL},
                   {"--json", 0, NULL},       {"--concurrency", 1, NULL}, {"--peak-gb-s", 1, NULL},
-                  {"--help", 0, NULL}};
+                  {"--graphs", 1, NULL},     {"--help", 0, NULL}};
   int nf = (int)(sizeof f / sizeof *f);
   *a = (bench_args){.steps = 32, .prompt_len = 32};
   if (!cli_parse("bench", argc, argv, f, nf)) return false;
@@ -268,6 +271,14 @@ static bool bench_parse(int argc, char **argv, bench_args *a, bool *help) {
       ((v = cli_get(f, nf, "--group-size")) && !cli_int(v, 32, 1 << 20, &a->gs))) {
     fprintf(stderr, "ballast bench: bad --batch/--steps/--prompt-len/--group-size\n%s", usage);
     return false;
+  }
+  a->graphs = true;
+  if ((v = cli_get(f, nf, "--graphs"))) {
+    if (strcmp(v, "on") && strcmp(v, "off")) {
+      fprintf(stderr, "ballast bench: --graphs '%s': expected on or off\n", v);
+      return false;
+    }
+    a->graphs = !strcmp(v, "on");
   }
   if ((v = cli_get(f, nf, "--peak-gb-s")) && !cli_float(v, 0.001, 1e6, &a->peak)) {
     fprintf(stderr, "ballast bench: --peak-gb-s '%s': expected GB/s in [0.001, 1e6]\n", v);
@@ -308,6 +319,7 @@ int cmd_bench(int argc, char **argv) {
     model_load_opts opts = {.precision = a.precs[p], .group_size = (int32_t)a.gs};
     bl_status st = a.synth ? model_synthetic(a.synth, a.precs[p], (int32_t)a.gs, be, &m, &err)
                            : model_load(a.path, &opts, be, &m, &err);
+    if (!st) m->graphs_off = !a.graphs;
     for (int b = 0; !st && a.n_conc && b < a.n_conc && n_rows < MAX_ROWS; b++) {
       bench_sched_row *sr = &srows[n_rows];
       rows[n_rows] = (bench_row){.prec = a.precs[p], .batch = a.conc[b]};
@@ -340,8 +352,8 @@ int cmd_bench(int argc, char **argv) {
     printf(",\"model\":");
     const char *name = a.synth ? a.synth : a.path;
     cli_json_str(stdout, name, strlen(name));
-    printf(",\"synthetic\":%s,\"steps\":%ld,\"prompt_len\":%ld,\"results\":[",
-           a.synth ? "true" : "false", a.steps, a.prompt_len);
+    printf(",\"synthetic\":%s,\"graphs\":%s,\"steps\":%ld,\"prompt_len\":%ld,\"results\":[",
+           a.synth ? "true" : "false", a.graphs ? "true" : "false", a.steps, a.prompt_len);
     for (int i = 0; i < n_rows; i++)
       if (a.n_conc)
         json_sched_row(rows, srows, i);

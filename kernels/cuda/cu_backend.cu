@@ -35,7 +35,10 @@ bl_status cu_invalid(cu_ctx *c, const char *op, const char *why) {
 
 bl_status cu_scratch(cu_ctx *c, size_t bytes, void **out) {
   if (bytes > c->scratch_bytes) {
+    if (c->capturing) /* growing syncs and frees: a capture cannot hold that */
+      return cu_invalid(c, "scratch", "would grow inside a graph capture");
     size_t grow = cu_round_up(bytes + bytes / 4, (size_t)1 << 20);
+    c->scratch_gen++;
     CU_CHECK(c, cudaStreamSynchronize(c->stream));
     if (c->scratch) CU_CHECK(c, cudaFree(c->scratch));
     c->scratch = NULL;
@@ -298,6 +301,10 @@ extern "C" bl_status bk_cuda_create(int dev, bk_backend **out, bl_err *err) {
   be->last_error = cu_last_error;
   be->device_info = cu_device_info;
   be->sample = cu_sample;
+  be->capture_begin = cu_capture_begin;
+  be->capture_end = cu_capture_end;
+  be->graph_launch = cu_graph_launch;
+  be->graph_free = cu_graph_free;
   *out = be;
   return BL_OK;
 }

@@ -61,6 +61,8 @@ typedef struct cu_ctx {
   cublasHandle_t blas;
   void *scratch; /* device, scratch_bytes, grow-only */
   size_t scratch_bytes;
+  uint64_t scratch_gen; /* times scratch moved: a graph recorded before is stale */
+  int capturing;        /* a graph capture is open on stream (cu_graph.cu) */
   int sm_count, cc_major, cc_minor;
   char name[16];      /* "cuda:N" */
   char last_err[256]; /* last device error message */

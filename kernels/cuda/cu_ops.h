@@ -37,6 +37,12 @@ bl_status cu_rmsnorm(bk_backend *be, float *out, const float *x, const float *w,
                      int32_t dim, float eps);
 bl_status cu_qk_norm_rope(bk_backend *be, float *q, float *k, const float *q_norm,
                           const float *k_norm, const int32_t *pos, int32_t n, const bk_heads *h);
+/* CUDA graphs (cu_graph.cu): the capture slots of bk_backend. */
+bl_status cu_capture_begin(bk_backend *be);
+bl_status cu_capture_end(bk_backend *be, void **graph);
+bl_status cu_graph_launch(bk_backend *be, void *graph);
+void cu_graph_free(bk_backend *be, void *graph);
+
 bl_status cu_matmul(bk_backend *be, float *y, const float *x, const bk_weight *w, int32_t n);
 bl_status cu_silu_mul(bk_backend *be, float *out, const float *gate, const float *up, size_t n);
 bl_status cu_add(bk_backend *be, float *x, const float *y, size_t n);

@@ -97,9 +97,12 @@ def test_bench(ballast):
     check(all(r["peak_fraction"] is None for r in rows), "peak_fraction null without a peak")
     check(all(r["speedup_vs_fp16"] is not None for r in rows), "speed-ups with fp16 measured later")
 
-    # only w2: no speed-up to give
+    # only w2: no speed-up to give; graphs on by default (a CPU records none)
     doc = run_json(ballast, *bench("w2", "1"), "--json")
     check([r["speedup_vs_fp16"] for r in doc["results"]] == [None], "no fp16: speedup null")
+    check(doc["graphs"] is True, f"graphs by default: {doc['graphs']!r}")
+    doc = run_json(ballast, *bench("w2", "1"), "--json", "--graphs", "off")
+    check(doc["graphs"] is False and len(doc["results"]) == 1, f"--graphs off: {doc}")
 
     # text: the device comes first, with the peak given
     rc, out, err = run(ballast, *bench(), "--peak-gb-s", "50")
@@ -116,6 +119,9 @@ def test_bench(ballast):
                        "--memory-gib", "1", "--group-size", "128")
     check(rc == 2 and "does not divide" in err, f"kv-capacity --group-size 128: exit {rc}, {err!r}")
 
+    for bad in ("yes", "ON", ""):
+        rc, out, err = run(ballast, *bench(), "--graphs", bad)
+        check(rc == 2 and "--graphs" in err, f"--graphs {bad!r}: exit {rc}, {err!r}")
     for bad in ("0", "-3", "abc", "nan", "inf", "1e9", ""):
         rc, out, err = run(ballast, *bench(), "--peak-gb-s", bad)
         check(rc == 2 and "--peak-gb-s" in err, f"--peak-gb-s {bad!r}: exit {rc}, {err!r}")

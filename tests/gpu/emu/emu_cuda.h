@@ -172,6 +172,20 @@ template <class T> cudaError_t cudaMallocHost(T **p, size_t b) {
   return cudaMallocHost((void **)p, b);
 }
 cudaError_t cudaFreeHost(void *p);
+/* stream capture (CUDA graphs): emu_rt.cpp records instead of running */
+typedef struct emu_graph *cudaGraph_t;
+typedef struct emu_graph *cudaGraphExec_t;
+enum cudaStreamCaptureMode {
+  cudaStreamCaptureModeGlobal,
+  cudaStreamCaptureModeThreadLocal,
+  cudaStreamCaptureModeRelaxed
+};
+cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode);
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *, cudaGraph_t, unsigned long long);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t, cudaStream_t);
+cudaError_t cudaGraphDestroy(cudaGraph_t);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t);
 
 /* ---- cuBLAS ---- */
 typedef struct emu_blas *cublasHandle_t;

@@ -84,7 +84,68 @@ void emu_sync_warp() {
   to_main();
 }
 
+/* ---- stream capture (CUDA graphs) ----
+ * While a capture is open, launches, async copies and sets and cuBLAS calls
+ * are recorded (their arguments by value, memory read at replay), and the
+ * calls a real capture refuses (sync, malloc, free, sync copies) fail and
+ * invalidate it, so cudaStreamEndCapture fails as CUDA's does. */
+struct emu_graph {
+  std::vector<std::function<void()>> ops;
+};
+static emu_graph *g_rec; /* the open capture, or NULL */
+static bool g_rec_bad;
+enum { EMU_CAPTURE_UNSUPPORTED = 900, EMU_CAPTURE_INVALIDATED = 901 };
+
+static bool recording(std::function<void()> op) {
+  if (!g_rec) return false;
+  g_rec->ops.push_back(std::move(op));
+  return true;
+}
+static cudaError_t refuse_in_capture(void) {
+  if (!g_rec) return 0;
+  g_rec_bad = true;
+  return EMU_CAPTURE_UNSUPPORTED;
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
+  if (g_rec) return EMU_CAPTURE_UNSUPPORTED;
+  g_rec = new emu_graph;
+  g_rec_bad = false;
+  return 0;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *g) {
+  emu_graph *r = g_rec;
+  g_rec = NULL;
+  *g = NULL;
+  if (!r) return cudaErrorInvalidValue;
+  if (g_rec_bad) {
+    delete r;
+    return EMU_CAPTURE_INVALIDATED;
+  }
+  *g = r;
+  return 0;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long) {
+  *e = new emu_graph(*g);
+  return 0;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t) {
+  if (g_rec) return refuse_in_capture();
+  for (auto &op : e->ops)
+    op();
+  return 0;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t g) {
+  delete g;
+  return 0;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) {
+  delete e;
+  return 0;
+}
+
 void emu_launch(dim3 grid, dim3 block, std::function<void()> fn) {
+  if (recording([grid, block, fn]() { emu_launch(grid, block, fn); })) return;
   unsigned nt = block.x * block.y * block.z;
   if (block.y != 1 || block.z != 1 || nt == 0 || nt > 1024 || grid.x == 0 || grid.y == 0 ||
       grid.z == 0 || grid.y > 65535 || grid.z > 65535) {
@@ -193,11 +254,12 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) {
   return 0;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t) { return 0; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return 0; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return refuse_in_capture(); }
 cudaError_t cudaGetLastError(void) { return 0; }
 const char *cudaGetErrorName(cudaError_t) { return "emuError"; }
 const char *cudaGetErrorString(cudaError_t) { return "emu error"; }
 cudaError_t cudaMalloc(void **p, size_t b) {
+  if (g_rec) return refuse_in_capture();
   /* fill with garbage so reads of unwritten memory show */
   if (posix_memalign(p, 256, b ? b : 1)) return 2;
   memset(*p, 0xA5, b);
@@ -205,30 +267,40 @@ cudaError_t cudaMalloc(void **p, size_t b) {
   return 0;
 }
 cudaError_t cudaFree(void *p) {
+  if (g_rec) return refuse_in_capture();
   if (p) g_alloc_bytes -= malloc_usable_size(p);
   free(p);
   return 0;
 }
 cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t b, cudaMemcpyKind, cudaStream_t) {
+  if (recording([=]() { memmove(d, s, b); })) return 0;
   memmove(d, s, b);
   return 0;
 }
 cudaError_t cudaMemcpy2DAsync(void *d, size_t dp, const void *s, size_t sp, size_t w, size_t h,
                               cudaMemcpyKind, cudaStream_t) {
   if (w > dp || w > sp) return cudaErrorInvalidValue;
+  if (recording([=]() {
+        for (size_t i = 0; i < h; i++)
+          memcpy((char *)d + i * dp, (const char *)s + i * sp, w);
+      }))
+    return 0;
   for (size_t i = 0; i < h; i++)
     memcpy((char *)d + i * dp, (const char *)s + i * sp, w);
   return 0;
 }
 cudaError_t cudaMemsetAsync(void *d, int v, size_t b, cudaStream_t) {
+  if (recording([=]() { memset(d, v, b); })) return 0;
   memset(d, v, b);
   return 0;
 }
 cudaError_t cudaMemset(void *d, int v, size_t b) {
+  if (g_rec) return refuse_in_capture();
   memset(d, v, b);
   return 0;
 }
 cudaError_t cudaMallocHost(void **p, size_t b) { /* host memory: not in g_alloc_bytes */
+  if (g_rec) return refuse_in_capture();
   if (posix_memalign(p, 256, b ? b : 1)) return 2;
   memset(*p, 0xA5, b);
   return 0;
@@ -261,7 +333,12 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperatio
     fprintf(stderr, "emu: gemm bad ld\n");
     return 7;
   }
-  float al = *(const float *)alpha, be = *(const float *)beta;
+  float al = *(const float *)alpha, be = *(const float *)beta; /* read now, as cuBLAS does */
+  if (recording([=]() {
+        cublasGemmEx(NULL, ta, tb, m, n, k, &al, A, at, lda, B, bt, ldb, &be, C, ct, ldc,
+                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      }))
+    return 0;
   for (int j = 0; j < n; j++)
     for (int i = 0; i < m; i++) {
       double s = 0;

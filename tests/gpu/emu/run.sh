@@ -10,6 +10,7 @@
 #   tests/gpu/test_cuda_mma.c    the W4/W2 tensor-core matmul (WMMA emulated
 #                                in emu/inc/mma.h)
 #   tests/gpu/test_cuda_tp.c     tensor parallelism: communicators, split models
+#   tests/gpu/test_cuda_graph.c  decode steps recorded as CUDA graphs and replayed
 #   tests/gpu/test_cuda_sample.c the sample slot against the host sampler
 #                                (with model/sampler*.c; ~1 minute)
 #   tests/gpu/test_cuda_model.c  whole models (with model/, kvcache/ and the
@@ -25,7 +26,7 @@ set -e
 S=$(cd "$(dirname "$0")/../../.." && pwd)
 E=$S/tests/gpu/emu
 O=${TMPDIR:-/tmp}/ballast-cuda-emu
-TESTS=${TESTS:-ops mma model tp sample}
+TESTS=${TESTS:-ops mma model tp graph sample}
 rm -rf "$O" && mkdir -p "$O/gen" "$O/eng" "$O/model"
 FLAGS="-O1 -g"
 [ -n "$SAN" ] && FLAGS="$FLAGS -fsanitize=address,alignment,bounds -fno-sanitize-recover=all"
@@ -126,6 +127,18 @@ for t in $TESTS; do
       "$O/sampler_hist.o" "$O"/eng/*.o "$O"/gen/*.o $LIBS
     ASAN_OPTIONS=detect_leaks=0 "$O/test_cuda_sample"
     ;;
-  *) echo "run.sh: unknown test '$t' (ops, mma, model, tp, sample)" >&2; exit 2 ;;
+  graph)
+    # decode steps recorded and replayed against eager ones (after model's objects)
+    MCC="$CC -I$S/model $(pkg-config --cflags libcjson libpcre2-8 libutf8proc)"
+    for f in "$S"/model/*.c "$S"/kvcache/*.c "$S"/common/bl_file.c; do
+      o="$O/model/$(basename "$f" .c).o"
+      [ -f "$o" ] || $MCC -c "$f" -o "$o"
+    done
+    $MCC -c "$S/tests/gpu/test_cuda_graph.c" -o "$O/test_cuda_graph.o"
+    g++ $FLAGS -o "$O/test_cuda_graph" "$O/test_cuda_graph.o" "$O"/model/*.o "$O"/eng/*.o \
+      "$O"/gen/*.o $(pkg-config --libs libcjson libpcre2-8 libutf8proc) $LIBS
+    ASAN_OPTIONS=detect_leaks=0 "$O/test_cuda_graph" "$S/tests/data"
+    ;;
+  *) echo "run.sh: unknown test '$t' (ops, mma, model, tp, graph, sample)" >&2; exit 2 ;;
   esac
 done

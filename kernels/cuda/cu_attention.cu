@@ -17,6 +17,14 @@
  * the tensor scale, or the group's E4M3 scale times the tensor scale. The
  * online softmax is the same for every format.
  *
+ * Built for sm_100a (-Dgpu_arch=100a), E2M1 values are decoded by the
+ * conversion instruction instead (cvt.rn.f16x2.e2m1x2, both nibbles of a
+ * byte to two halves; every E2M1 value is exact in fp16, so the result is
+ * the software decoder's). It is used only where cu_e2m1_probe, run when
+ * the backend opens, finds the instruction present and equal to the
+ * software decoder on all 256 bytes (nibble order included); elsewhere, and
+ * until a GPU has shown it, the kernels take the software path.
+ *
  * Ids from the batch are checked before they index anything: a token whose
  * sequence is outside the batch or whose position is past its block-table
  * row gets a zero output, a block id outside the cache leaves that position
@@ -52,10 +60,71 @@ static __device__ __forceinline__ cu_kv_row cu_kv_row_at(const uint8_t *unit, in
   return r;
 }
 
-template <int KIND> static __device__ __forceinline__ float cu_kv_elem(const cu_kv_row &r, int d) {
+/* Nibble `hi` (0: bits 0-3, 1: bits 4-7) of byte b as E2M1, by the
+ * conversion instruction where the build has it; *hw says whether it did. */
+static __device__ __forceinline__ float cu_e2m1_hw(uint8_t b, int hi, bool *hw) {
+#if defined(__CUDA_ARCH_FEAT_SM100_ALL) || defined(__CUDA_ARCH_FEAT_SM101_ALL)
+  uint32_t h2;
+  asm("{\n\t.reg .b8 b8;\n\tcvt.u8.u16 b8, %1;\n\tcvt.rn.f16x2.e2m1x2 %0, b8;\n\t}"
+      : "=r"(h2)
+      : "h"((unsigned short)b));
+  *hw = true;
+  return __half2float(__ushort_as_half((unsigned short)(hi ? h2 >> 16 : h2 & 0xFFFFu)));
+#else
+  *hw = false;
+  return kv_e2m1_to_f32((uint8_t)((b >> (4 * hi)) & 15u));
+#endif
+}
+
+/* Element d of a row; e2m1_hw: decode nvfp4 values with the instruction
+ * (cu_e2m1_probe said it is right on this device). */
+template <int KIND>
+static __device__ __forceinline__ float cu_kv_elem(const cu_kv_row &r, int d, bool e2m1_hw) {
   if (KIND == CU_KV_F16) return __half2float(((const __half *)(const void *)r.v)[d]);
-  if (KIND == CU_KV_NVFP4) return kv_nvfp4_elem(r.v, r.s, r.scale, d);
+  if (KIND == CU_KV_NVFP4) {
+    if (!e2m1_hw) return kv_nvfp4_elem(r.v, r.s, r.scale, d);
+    bool hw;
+    return cu_e2m1_hw(r.v[d >> 1], d & 1, &hw) *
+           (kv_e4m3_to_f32(r.s[d / KV_NVFP4_GROUP]) * r.scale);
+  }
   return kv_e4m3_to_f32(r.v[d]) * r.scale;
+}
+
+/* bad[0]: bytes whose hardware decode differs from the software one;
+ * bad[1]: 1 where the instruction exists in this build. */
+static __global__ void cu_e2m1_probe_kernel(unsigned *bad) {
+  int b = threadIdx.x, wrong = 0;
+  bool hw = false;
+  for (int hi = 0; hi < 2; hi++) {
+    float got = cu_e2m1_hw((uint8_t)b, hi, &hw);
+    float want = kv_e2m1_to_f32((uint8_t)((b >> (4 * hi)) & 15));
+    wrong |= got != want || signbit(got) != signbit(want);
+  }
+  if (wrong) atomicAdd(&bad[0], 1u);
+  if (b == 0) bad[1] = hw ? 1u : 0u;
+}
+
+bool cu_e2m1_probe(cu_ctx *c) {
+  unsigned *d = NULL, h[2] = {1, 0};
+  if (cudaMalloc(&d, sizeof h) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  bool ok = cudaMemsetAsync(d, 0, sizeof h, c->stream) == cudaSuccess;
+  if (ok) {
+    cu_e2m1_probe_kernel<<<1, 256, 0, c->stream>>>(d);
+    ok = cudaGetLastError() == cudaSuccess &&
+         cudaMemcpyAsync(h, d, sizeof h, cudaMemcpyDeviceToHost, c->stream) == cudaSuccess &&
+         cudaStreamSynchronize(c->stream) == cudaSuccess;
+  }
+  cudaFree(d);
+  cudaGetLastError();
+  if (ok && h[1] && h[0])
+    bl_log(BL_LOG_WARN,
+           "%s: the E2M1 conversion instruction disagrees with the software decoder "
+           "on %u of 256 bytes; nvfp4 KV is decoded in software",
+           c->name, h[0]);
+  return ok && h[1] && !h[0];
 }
 
 template <int E, int KIND>
@@ -66,7 +135,7 @@ static __global__ void __launch_bounds__(CU_ATTN_MAX_WARPS * 32)
                         const int32_t *__restrict__ tok_pos,
                         const int32_t *__restrict__ block_tables, int n_seq, int max_blocks,
                         int n_blocks, int n_heads, int n_kv_heads, int head_dim, int block_size,
-                        int rb, int sb, float scale, cu_derr *derr) {
+                        int rb, int sb, float scale, bool e2m1_hw, cu_derr *derr) {
   __shared__ float s_m[CU_ATTN_MAX_WARPS], s_l[CU_ATTN_MAX_WARPS];
   __shared__ float s_acc[CU_ATTN_MAX_WARPS][E * 32];
   int t = blockIdx.x, h = blockIdx.y;
@@ -114,7 +183,7 @@ static __global__ void __launch_bounds__(CU_ATTN_MAX_WARPS * 32)
 #pragma unroll
     for (int i = 0; i < E; i++) {
       int d = lane + 32 * i;
-      if (d < head_dim) s += qr[i] * cu_kv_elem<KIND>(kr, d);
+      if (d < head_dim) s += qr[i] * cu_kv_elem<KIND>(kr, d, e2m1_hw);
     }
     s = cu_warp_sum(s);
     float m_new = fmaxf(m, s);
@@ -123,7 +192,7 @@ static __global__ void __launch_bounds__(CU_ATTN_MAX_WARPS * 32)
 #pragma unroll
     for (int i = 0; i < E; i++) {
       int d = lane + 32 * i;
-      float vd = d < head_dim ? cu_kv_elem<KIND>(vr, d) : 0.0f;
+      float vd = d < head_dim ? cu_kv_elem<KIND>(vr, d, e2m1_hw) : 0.0f;
       acc[i] = acc[i] * corr + e * vd;
     }
     m = m_new;
@@ -168,7 +237,7 @@ static void cu_attention_launch_k(cu_ctx *c, float *out, const float *q, const b
       b->tok_pos, b->block_tables, b->n_seq, b->max_blocks, kv->n_blocks, h->n_heads, h->n_kv_heads,
       h->head_dim, kv->block_size, (int)bk_kv_row_bytes(kv->fmt, kv->head_dim),
       (int)bk_kv_scale_bytes(kv->fmt, kv->scaling, kv->head_dim), 1.0f / sqrtf((float)h->head_dim),
-      c->derr);
+      c->e2m1_hw, c->derr);
 }
 
 template <int E>

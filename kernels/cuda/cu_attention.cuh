@@ -14,4 +14,9 @@
 bl_status cu_attention_launch(cu_ctx *c, float *out, const float *q, const bk_kv_cache *kv,
                               int32_t layer, const bk_attn_batch *b, const bk_heads *h);
 
+/* Does this build and device decode E2M1 by instruction (sm_100a), equal
+ * to the software decoder on every byte? Run once when the backend opens
+ * (it syncs); false on any failure. */
+bool cu_e2m1_probe(cu_ctx *c);
+
 #endif

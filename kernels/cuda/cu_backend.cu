@@ -8,6 +8,7 @@
  * where a fault a kernel recorded in the device error word (cu_derr) comes
  * back as BL_EDEVICE; the word is copied behind the queued work, so it
  * covers every op queued before. */
+#include "cu_attention.cuh"
 #include "cu_common.cuh"
 
 #include <stdio.h>
@@ -257,8 +258,10 @@ static bl_status cu_open_device(int dev, cu_ctx *c, bl_err *err) {
     return bl_fail(err, BL_EDEVICE, "cuda:%d: the device error word: %s", dev,
                    cudaGetErrorString(e));
   memset(c->derr_host, 0, sizeof *c->derr_host);
-  bl_log(BL_LOG_INFO, "cuda:%d: %s, sm_%d%d, %d SMs, %.1f GiB", dev, prop.name, prop.major,
-         prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1 << 30));
+  c->e2m1_hw = cu_e2m1_probe(c);
+  bl_log(BL_LOG_INFO, "cuda:%d: %s, sm_%d%d, %d SMs, %.1f GiB%s", dev, prop.name, prop.major,
+         prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1 << 30),
+         c->e2m1_hw ? ", nvfp4 KV decoded by instruction" : "");
   return BL_OK;
 }
 

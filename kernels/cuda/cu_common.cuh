@@ -63,6 +63,7 @@ typedef struct cu_ctx {
   size_t scratch_bytes;
   uint64_t scratch_gen; /* times scratch moved: a graph recorded before is stale */
   int capturing;        /* a graph capture is open on stream (cu_graph.cu) */
+  bool e2m1_hw;         /* decode nvfp4 KV by instruction (cu_e2m1_probe) */
   int sm_count, cc_major, cc_minor;
   char name[16];      /* "cuda:N" */
   char last_err[256]; /* last device error message */

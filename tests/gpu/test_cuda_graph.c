@@ -29,6 +29,7 @@
 
 #include "backend.h"
 #include "kv_cache.h"
+#include "logits_cmp.h"
 #include "model.h"
 #include "sampler.h"
 #include "t.h"
@@ -127,16 +128,6 @@ static bl_status schedule(run *r, bl_err *err) {
   return st;
 }
 
-static double row_sd(const float *x, int32_t n) {
-  double s = 0, s2 = 0;
-  for (int32_t i = 0; i < n; i++) {
-    s += x[i];
-    s2 += (double)x[i] * x[i];
-  }
-  double m = s / n, v = s2 / n - m * m;
-  return v > 0 ? sqrt(v) : 0;
-}
-
 /* One more decode step of all sequences, drawn on the device by the first
  * run (model_forward_sample after a replay) and on the host from the
  * second's logits: greedy rows must pick the argmax, seeded rows the host
@@ -195,17 +186,8 @@ static void check(const char *dir, const char *name, model_prec prec, bk_kvfmt f
     T_CHECKF(schedule(&r[i], &e) == BL_OK, "%s (%s): %s", name, i ? "eager" : "graphs", e.msg);
   }
   if (ok) {
-    int32_t vocab = r[0].m->cfg.vocab;
-    double worst = 0;
-    for (int32_t row = 0; row < N_STEPS * N_SEQ; row++) {
-      const float *g = r[0].logits + (size_t)row * (size_t)vocab,
-                  *e = r[1].logits + (size_t)row * (size_t)vocab;
-      double sd = row_sd(e, vocab);
-      for (int32_t i = 0; i < vocab; i++) {
-        double d = fabs((double)g[i] - e[i]) / (1e-5 * (sd + fabs((double)e[i])) + 1e-30);
-        if (!(d <= worst)) worst = d;
-      }
-    }
+    double worst =
+        logits_worst(r[0].logits, r[1].logits, N_STEPS * N_SEQ, r[0].m->cfg.vocab, 1e-5, 1e-5);
     const model_graph_stats *gs = &r[0].m->graph_stats, *es = &r[1].m->graph_stats;
     T_CHECKF(worst <= 1.0, "%s: replayed logits off by %.3g of the tolerance", name, worst);
     T_CHECKF(gs->captures == 4 && gs->failures == 0 && gs->replays >= 9,

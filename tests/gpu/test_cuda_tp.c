@@ -24,6 +24,7 @@
 
 #include "backend.h"
 #include "bk_comm.h"
+#include "logits_cmp.h"
 #include "model.h"
 #include "split_schedule.h"
 #include "t.h"
@@ -101,16 +102,6 @@ static void check_comms(void) {
   bk_comm_destroy(c);
 }
 
-static double row_sd(const float *x, int32_t n) {
-  double s = 0, s2 = 0;
-  for (int32_t i = 0; i < n; i++) {
-    s += x[i];
-    s2 += (double)x[i] * x[i];
-  }
-  double m = s / n, v = s2 / n - m * m;
-  return v > 0 ? sqrt(v) : 0;
-}
-
 static void check_model(const char *dir, const char *name, model_prec prec, int32_t gs) {
   char path[1024];
   snprintf(path, sizeof path, "%s/%s", dir, name);
@@ -131,16 +122,9 @@ static void check_model(const char *dir, const char *name, model_prec prec, int3
     bl_status s1 = split_schedule(one, BK_KV_F16, &a, &rows, &e1);
     bl_status s2 = split_schedule(tp, BK_KV_F16, &b, &rows, &e2);
     T_CHECKF(!s1 && !s2, "%s: %s / %s", name, e1.msg, e2.msg);
-    double scale = tp->prec == MODEL_PREC_FP16 ? 1.0 : 3.0, worst = 0;
-    int32_t vocab = one->cfg.vocab;
-    for (int32_t r = 0; !s1 && !s2 && r < rows; r++) {
-      const float *x = a + (size_t)r * (size_t)vocab, *y = b + (size_t)r * (size_t)vocab;
-      double sd = row_sd(x, vocab);
-      for (int32_t i = 0; i < vocab; i++) {
-        double e = fabs((double)y[i] - x[i]) / (scale * (2e-2 * sd + 1e-2 * fabs((double)x[i])));
-        if (!(e <= worst)) worst = e;
-      }
-    }
+    double scale = tp->prec == MODEL_PREC_FP16 ? 1.0 : 3.0;
+    double worst =
+        s1 || s2 ? INFINITY : logits_worst(b, a, rows, one->cfg.vocab, scale * 2e-2, scale * 1e-2);
     T_CHECKF(worst <= 1.0, "%s %s split on %s: %.3g of the tolerance", name,
              model_prec_name(tp->prec), model_tp_comm_name(tp), worst);
     fprintf(stderr, "%-30s %-4s split 2 (%s): worst %.3g of the tolerance\n", name,

@@ -39,22 +39,12 @@
 #include <string.h>
 
 #include "backend.h"
+#include "gpu_harness.h"
 #include "sampler.h"
 #include "sampler_internal.h"
 #include "t.h"
 
 /* ---- random logits ------------------------------------------------------ */
-
-typedef struct rng {
-  uint64_t s;
-} rng;
-
-static uint64_t rng_next(rng *r) { /* splitmix64 */
-  uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 
 static double rng_u(rng *r) { return (double)((rng_next(r) >> 11) + 1) / 9007199254740993.0; }
 
@@ -193,13 +183,6 @@ static verdict judge(const bk_sample_params *p, const float *x, int32_t n, rc *c
 }
 
 /* ---- the comparison ----------------------------------------------------- */
-
-static void must(bl_status st, const char *what) {
-  if (st != BL_OK) {
-    fprintf(stderr, "harness: %s: %s\n", what, bl_status_str(st));
-    exit(1);
-  }
-}
 
 typedef struct tally {
   long rows, greedy, sampled, boundary, boundary_moved;

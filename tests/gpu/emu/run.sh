@@ -74,6 +74,22 @@ for f in "$S"/kernels/cpu/*.c; do
   $CC -mavx2 -mfma -mf16c -c "$f" -o "$O/eng/cpu_$(basename "$f" .c).o"
 done
 LIBS="-lm -lpthread"
+# model_test NAME [VAR=VALUE...]: tests/gpu/test_cuda_NAME.c with model/,
+# kvcache/ and the rest of common/ (built once) and the tokenizer's
+# libraries, run on tests/data in the given environment
+MCC="$CC -I$S/model $(pkg-config --cflags libcjson libpcre2-8 libutf8proc)"
+model_test() {
+  name=$1
+  shift
+  for f in "$S"/model/*.c "$S"/kvcache/*.c "$S"/common/bl_file.c; do
+    o="$O/model/$(basename "$f" .c).o"
+    [ -f "$o" ] || $MCC -c "$f" -o "$o"
+  done
+  $MCC -c "$S/tests/gpu/test_cuda_$name.c" -o "$O/test_cuda_$name.o"
+  g++ $FLAGS -o "$O/test_cuda_$name" "$O/test_cuda_$name.o" "$O"/model/*.o "$O"/eng/*.o \
+    "$O"/gen/*.o $(pkg-config --libs libcjson libpcre2-8 libutf8proc) $LIBS
+  env ASAN_OPTIONS=detect_leaks=0 "$@" "$O/test_cuda_$name" "$S/tests/data"
+}
 for t in $TESTS; do
   case "$t" in
   ops)
@@ -91,32 +107,10 @@ for t in $TESTS; do
     ASAN_OPTIONS=detect_leaks=0 BALLAST_NO_BENCH=1 "$O/test_cuda_mma"
     ;;
   model)
-    # model/, kvcache/ and the rest of common/, with the tokenizer's libraries
-    MCC="$CC -I$S/model $(pkg-config --cflags libcjson libpcre2-8 libutf8proc)"
-    for f in "$S"/model/*.c "$S"/kvcache/*.c "$S"/common/bl_file.c; do
-      $MCC -c "$f" -o "$O/model/$(basename "$f" .c).o"
-    done
-    $MCC -c "$S/tests/gpu/test_cuda_model.c" -o "$O/test_cuda_model.o"
-    g++ $FLAGS -o "$O/test_cuda_model" "$O/test_cuda_model.o" "$O"/model/*.o "$O"/eng/*.o \
-      "$O"/gen/*.o $(pkg-config --libs libcjson libpcre2-8 libutf8proc) $LIBS
-    if [ "$EMU_SMOLLM2" = 1 ]; then
-      ASAN_OPTIONS=detect_leaks=0 "$O/test_cuda_model" "$S/tests/data"
-    else
-      ASAN_OPTIONS=detect_leaks=0 BALLAST_SMOLLM2_GGUF='' "$O/test_cuda_model" "$S/tests/data"
-    fi
+    if [ "$EMU_SMOLLM2" = 1 ]; then model_test model; else model_test model BALLAST_SMOLLM2_GGUF=; fi
     ;;
-  tp)
-    # tensor parallelism: communicators and split tiny Qwen3s (after model's objects)
-    MCC="$CC -I$S/model $(pkg-config --cflags libcjson libpcre2-8 libutf8proc)"
-    for f in "$S"/model/*.c "$S"/kvcache/*.c "$S"/common/bl_file.c; do
-      o="$O/model/$(basename "$f" .c).o"
-      [ -f "$o" ] || $MCC -c "$f" -o "$o"
-    done
-    $MCC -c "$S/tests/gpu/test_cuda_tp.c" -o "$O/test_cuda_tp.o"
-    g++ $FLAGS -o "$O/test_cuda_tp" "$O/test_cuda_tp.o" "$O"/model/*.o "$O"/eng/*.o \
-      "$O"/gen/*.o $(pkg-config --libs libcjson libpcre2-8 libutf8proc) $LIBS
-    ASAN_OPTIONS=detect_leaks=0 "$O/test_cuda_tp" "$S/tests/data"
-    ;;
+  tp) model_test tp ;;
+  graph) model_test graph ;;
   sample)
     # the host sampler alone from model/ (it needs nothing else)
     for f in sampler sampler_hist; do
@@ -126,18 +120,6 @@ for t in $TESTS; do
     g++ $FLAGS -o "$O/test_cuda_sample" "$O/test_cuda_sample.o" "$O/sampler.o" \
       "$O/sampler_hist.o" "$O"/eng/*.o "$O"/gen/*.o $LIBS
     ASAN_OPTIONS=detect_leaks=0 "$O/test_cuda_sample"
-    ;;
-  graph)
-    # decode steps recorded and replayed against eager ones (after model's objects)
-    MCC="$CC -I$S/model $(pkg-config --cflags libcjson libpcre2-8 libutf8proc)"
-    for f in "$S"/model/*.c "$S"/kvcache/*.c "$S"/common/bl_file.c; do
-      o="$O/model/$(basename "$f" .c).o"
-      [ -f "$o" ] || $MCC -c "$f" -o "$o"
-    done
-    $MCC -c "$S/tests/gpu/test_cuda_graph.c" -o "$O/test_cuda_graph.o"
-    g++ $FLAGS -o "$O/test_cuda_graph" "$O/test_cuda_graph.o" "$O"/model/*.o "$O"/eng/*.o \
-      "$O"/gen/*.o $(pkg-config --libs libcjson libpcre2-8 libutf8proc) $LIBS
-    ASAN_OPTIONS=detect_leaks=0 "$O/test_cuda_graph" "$S/tests/data"
     ;;
   *) echo "run.sh: unknown test '$t' (ops, mma, model, tp, graph, sample)" >&2; exit 2 ;;
   esac

@@ -8,20 +8,16 @@
 
 #include <stdint.h>
 
+#include "bl_hash.h"
+
 #ifdef __CUDACC__
 #define BL_RNG_FN static inline __host__ __device__
 #else
 #define BL_RNG_FN static inline
 #endif
 
-/* One splitmix64 output: the golden-ratio step, then the splitmix64
- * finalizer (the same finalizer as bl_hash.h's bl_mix64, which is host-only). */
-BL_RNG_FN uint64_t bl_rng_mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
+/* One splitmix64 output: the golden-ratio step, then the finalizer. */
+BL_RNG_FN uint64_t bl_rng_mix(uint64_t x) { return bl_mix64(x + 0x9e3779b97f4a7c15ull); }
 
 /* Uniform in [0, 1) with 53 random bits: hashing (seed, counter) gives
  * independent streams without per-request generator state. */

@@ -1,7 +1,7 @@
 /* What the GPU op tests share (header only, like t.h, whose counters are
  * per file): seeded random inputs, backend buffers whose failures end the
  * test, and random weights in the canonical layout with their dequantized
- * values. Used by test_cuda_ops.c, test_cuda_mma.c and test_cuda_sample.c. */
+ * values; opening the backends. Used by every test in tests/gpu. */
 #ifndef GPU_HARNESS_H
 #define GPU_HARNESS_H
 
@@ -161,6 +161,36 @@ static inline bk_weight weight_on(bk_backend *be, const bk_weight *w) {
 
 static inline void weight_off(bk_backend *be, bk_weight *w) {
   if (be->weight_release) be->weight_release(be, w);
+}
+
+/* ---- opening the backends (main) ----------------------------------------- */
+
+/* The CUDA backend on device 0 and, when cpu is not NULL, a CPU backend.
+ * Returns -1 when they are open; 77 (meson's skip) after one line saying
+ * why where the build has no CUDA or no GPU is present; 1 when opening
+ * failed otherwise (a real error, never a skip). */
+static inline int gpu_open(bk_backend **gpu, bk_backend **cpu) {
+  setvbuf(stdout, NULL, _IOLBF, 0); /* keep stdout and stderr lines in order */
+  bl_err err = {0};
+  *gpu = NULL;
+  if (cpu) *cpu = NULL;
+  bl_status st = bk_cuda_create(0, gpu, &err);
+  if (st == BL_EUNSUPPORTED) {
+    printf("gpu suite skipped: %s\n", err.msg);
+    return 77;
+  }
+  if (st != BL_OK) {
+    fprintf(stderr, "bk_cuda_create: %s\n", err.msg);
+    return 1;
+  }
+  bl_err_clear(&err);
+  if (cpu && bk_cpu_create(0, cpu, &err) != BL_OK) {
+    fprintf(stderr, "bk_cpu_create: %s\n", err.msg);
+    bk_destroy(*gpu);
+    *gpu = NULL;
+    return 1;
+  }
+  return -1;
 }
 
 #endif

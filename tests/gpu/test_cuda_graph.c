@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "gpu_harness.h"
 #include "kv_cache.h"
 #include "logits_cmp.h"
 #include "model.h"
@@ -216,12 +217,9 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: test_cuda_graph TESTS_DATA_DIR\n");
     return 2;
   }
-  bl_err err = {0};
-  bk_backend *probe = NULL;
-  if (bk_cuda_create(0, &probe, &err) != BL_OK) {
-    printf("gpu suite skipped: %s\n", err.msg);
-    return 77;
-  }
+  bk_backend *probe;
+  int rc = gpu_open(&probe, NULL);
+  if (rc >= 0) return rc;
   bk_destroy(probe);
   check(argv[1], "tiny-qwen3", MODEL_PREC_AUTO, BK_KV_F16, BK_KVS_HEAD);
   check(argv[1], "tiny-qwen3", MODEL_PREC_W2, BK_KV_FP8, BK_KVS_TENSOR);

@@ -40,6 +40,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "gpu_harness.h"
 #include "kv_cache.h"
 #include "model.h"
 #include "t.h"
@@ -430,24 +431,9 @@ static void check_smollm2(pair *p, const char *gguf, const char *text) {
 
 int main(int argc, char **argv) {
   const char *dir = argc > 1 ? argv[1] : "tests/data";
-  setvbuf(stdout, NULL, _IOLBF, 0); /* keep stdout and stderr lines in order */
-  bl_err err = {0};
-  bk_backend *gpu = NULL, *cpu = NULL;
-  bl_status st = bk_cuda_create(0, &gpu, &err);
-  if (st == BL_EUNSUPPORTED) {
-    printf("gpu suite skipped: %s\n", err.msg);
-    return 77;
-  }
-  if (st != BL_OK) {
-    fprintf(stderr, "bk_cuda_create: %s\n", err.msg);
-    return 1;
-  }
-  bl_err_clear(&err);
-  if (bk_cpu_create(0, &cpu, &err) != BL_OK) {
-    fprintf(stderr, "bk_cpu_create: %s\n", err.msg);
-    bk_destroy(gpu);
-    return 1;
-  }
+  bk_backend *gpu, *cpu;
+  int rc = gpu_open(&gpu, &cpu);
+  if (rc >= 0) return rc;
   pair p = {cpu, gpu};
   char *text = read_text(dir, 4096);
   T_CHECKF(text != NULL, "cannot read %s/calib/calib.txt", dir);

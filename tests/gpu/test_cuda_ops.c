@@ -814,24 +814,9 @@ static void bench_attention(bk_backend *g, rng *r, const kv_kind *kind) {
 }
 
 int main(void) {
-  setvbuf(stdout, NULL, _IOLBF, 0); /* keep stdout and stderr lines in order */
-  bl_err err = {0};
-  bk_backend *gpu = NULL, *cpu = NULL;
-  bl_status st = bk_cuda_create(0, &gpu, &err);
-  if (st == BL_EUNSUPPORTED) {
-    printf("gpu suite skipped: %s\n", err.msg);
-    return 77;
-  }
-  if (st != BL_OK) {
-    fprintf(stderr, "bk_cuda_create: %s\n", err.msg);
-    return 1;
-  }
-  bl_err_clear(&err);
-  if (bk_cpu_create(0, &cpu, &err) != BL_OK) {
-    fprintf(stderr, "bk_cpu_create: %s\n", err.msg);
-    bk_destroy(gpu);
-    return 1;
-  }
+  bk_backend *gpu, *cpu;
+  int rc = gpu_open(&gpu, &cpu);
+  if (rc >= 0) return rc;
   pair p = {cpu, gpu};
   rng r = {20250101};
   test_embed(&p, &r);

@@ -290,18 +290,9 @@ static void test_args(bk_backend *be) {
 }
 
 int main(void) {
-  setvbuf(stdout, NULL, _IOLBF, 0); /* keep stdout and stderr lines in order */
-  bl_err err = {0};
-  bk_backend *gpu = NULL;
-  bl_status st = bk_cuda_create(0, &gpu, &err);
-  if (st == BL_EUNSUPPORTED) {
-    printf("gpu suite skipped: %s\n", err.msg);
-    return 77;
-  }
-  if (st != BL_OK) {
-    fprintf(stderr, "bk_cuda_create: %s\n", err.msg);
-    return 1;
-  }
+  bk_backend *gpu;
+  int open_rc = gpu_open(&gpu, NULL);
+  if (open_rc >= 0) return open_rc;
   T_CHECK(gpu->sample != NULL);
   if (gpu->sample) {
     rng r = {20250611};

@@ -24,6 +24,7 @@
 
 #include "backend.h"
 #include "bk_comm.h"
+#include "gpu_harness.h"
 #include "logits_cmp.h"
 #include "model.h"
 #include "split_schedule.h"
@@ -34,11 +35,7 @@
 static bk_backend *g_gpu[MAX_GPUS];
 static int g_n_gpus;
 
-static uint64_t g_rng = 0x7e5a11e1ull;
-static float frand(void) {
-  g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
-  return (float)((g_rng >> 40) & 0xffffff) / (float)0x1000000 * 2.0f - 1.0f;
-}
+static rng g_rng = {0x7e5a11e1ull};
 
 /* all_reduce over bes[0..n) of count floats against the host sum. */
 static void check_all_reduce(bk_comm *c, size_t count) {
@@ -47,7 +44,7 @@ static void check_all_reduce(bk_comm *c, size_t count) {
   for (int r = 0; r < n; r++) {
     host[r] = malloc(count * sizeof(float));
     for (size_t i = 0; i < count; i++) {
-      host[r][i] = frand();
+      host[r][i] = rng_f(&g_rng, -1.0f, 1.0f);
       want[i] += host[r][i];
     }
     dev[r] = c->bes[r]->alloc(c->bes[r], count * sizeof(float));
@@ -143,11 +140,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: test_cuda_tp TESTS_DATA_DIR\n");
     return 2;
   }
-  bl_err err = {0};
-  if (bk_cuda_create(0, &g_gpu[0], &err) != BL_OK) {
-    printf("gpu suite skipped: %s\n", err.msg);
-    return 77;
-  }
+  int rc = gpu_open(&g_gpu[0], NULL);
+  if (rc >= 0) return rc;
   for (g_n_gpus = 1; g_n_gpus < MAX_GPUS; g_n_gpus++) {
     bl_err e = {0};
     if (bk_cuda_create(g_n_gpus, &g_gpu[g_n_gpus], &e) != BL_OK) break;
